@@ -1,1 +1,1 @@
-"""paystream_core."""
+"""Pure domain: money, identifiers, statuses. No I/O and no third-party imports."""

@@ -1,1 +1,1 @@
-"""paystream_storage."""
+"""PostgreSQL storage: models, migrations, tenant-scoped sessions, the outbox."""

@@ -1,0 +1,49 @@
+"""The topics paystream uses, created idempotently."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from paystream_config import KafkaSettings
+from paystream_messaging.kafka_config import admin_config
+
+log = logging.getLogger(__name__)
+
+COMMANDS = "commands"
+CALLBACKS = "callbacks"
+OUTCOMES = "outcomes"
+DEAD_LETTERS = "dead-letters"
+ALL = (COMMANDS, CALLBACKS, OUTCOMES, DEAD_LETTERS)
+
+
+class TopicSetupError(RuntimeError):
+    pass
+
+
+def ensure_topics(settings: KafkaSettings, timeout_s: float = 30.0) -> list[str]:
+    """Create every missing topic; existing ones are left alone. Returns the created names."""
+    admin = AdminClient(admin_config(settings))
+    wanted = [
+        NewTopic(
+            settings.topic(name),
+            num_partitions=settings.topic_partitions,
+            replication_factor=settings.topic_replication_factor,
+        )
+        for name in ALL
+    ]
+    created: list[str] = []
+    futures = admin.create_topics(wanted, request_timeout=timeout_s)
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(topic)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise TopicSetupError(f"cannot create topic {topic}: {err.str()}") from exc
+    if created:
+        log.info("created topics %s", created)
+    return created

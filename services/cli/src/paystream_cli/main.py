@@ -1,0 +1,159 @@
+"""The `paystream` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from paystream_cli import logs
+from paystream_config import DatabaseSettings, KafkaSettings, SettingsError, load
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"paystream: {message}", err=True)
+    sys.exit(2)
+
+
+def _settings(
+    cls: type[DatabaseSettings] | type[KafkaSettings],
+) -> DatabaseSettings | KafkaSettings:
+    try:
+        return load(cls)
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def _db() -> DatabaseSettings:
+    settings = _settings(DatabaseSettings)
+    assert isinstance(settings, DatabaseSettings)
+    return settings
+
+
+def _kafka() -> KafkaSettings:
+    settings = _settings(KafkaSettings)
+    assert isinstance(settings, KafkaSettings)
+    return settings
+
+
+@click.group()
+def cli() -> None:
+    """paystream: Kafka-driven asynchronous payment processing."""
+
+
+@cli.command()
+@click.option(
+    "--downgrade", "down_to", metavar="REVISION", help="Downgrade to REVISION (base: empty)."
+)
+def migrate(down_to: str | None) -> None:
+    """Apply database migrations (PAYSTREAM_DATABASE_URL)."""
+    from paystream_storage import migrate as migrations
+
+    logs.setup("migrate")
+    db = _db()
+    if down_to:
+        migrations.downgrade(db.sqlalchemy_url, down_to)
+        click.echo(f"downgraded to {down_to}")
+    else:
+        migrations.upgrade(db.sqlalchemy_url)
+        click.echo("database is at the latest revision")
+
+
+@cli.group()
+def topics() -> None:
+    """Kafka topics."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create the paystream topics that do not exist yet."""
+    from paystream_messaging.topics import ensure_topics
+
+    created = ensure_topics(_kafka())
+    click.echo(f"created: {', '.join(created) or 'nothing (all exist)'}")
+
+
+@cli.group()
+def tenants() -> None:
+    """Tenants and their API keys."""
+
+
+@tenants.command("create")
+@click.argument("name")
+def tenants_create(name: str) -> None:
+    """Create tenant NAME and print its API key (shown once, stored hashed)."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from paystream_cli.admin import run_owner
+    from paystream_storage.tenants import IssuedKey, create_tenant, issue_api_key, tenant_by_name
+
+    async def action(session: AsyncSession) -> IssuedKey | None:
+        if await tenant_by_name(session, name) is not None:
+            return None
+        tenant = await create_tenant(session, name)
+        return await issue_api_key(session, tenant.id)
+
+    issued = run_owner(_db(), action)
+    if issued is None:
+        _fail(f"tenant {name!r} already exists")
+    click.echo(f"tenant_id: {issued.tenant_id}")
+    click.echo(f"api_key:   {issued.api_key}")
+    click.echo("Store the key now: it is not shown again.")
+
+
+@tenants.command("revoke-keys")
+@click.argument("name")
+def tenants_revoke_keys(name: str) -> None:
+    """Revoke every API key of tenant NAME."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from paystream_cli.admin import run_owner
+    from paystream_storage.tenants import revoke_api_keys, tenant_by_name
+
+    async def action(session: AsyncSession) -> int | None:
+        tenant = await tenant_by_name(session, name)
+        return None if tenant is None else await revoke_api_keys(session, tenant.id)
+
+    revoked = run_owner(_db(), action)
+    if revoked is None:
+        _fail(f"no tenant {name!r}")
+    click.echo(f"revoked {revoked} key(s)")
+
+
+@cli.command()
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=Path(".paystream"),
+    show_default=True,
+    help="Runtime directory: PostgreSQL data, logs, dev.env.",
+)
+def dev(home: Path) -> None:
+    """Run the whole stack on embedded Kafka and PostgreSQL until Ctrl-C."""
+    from paystream_cli import dev as dev_stack
+
+    logs.setup("dev")
+    sys.exit(dev_stack.run(home.absolute()))
+
+
+@cli.group()
+def worker() -> None:
+    """Run a worker process."""
+
+
+@worker.command("relay")
+def worker_relay() -> None:
+    """Publish the transactional outbox to Kafka."""
+    from paystream_relay.main import run
+
+    logs.setup("relay")
+    try:
+        run()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+if __name__ == "__main__":
+    cli()
