@@ -1,1 +1,23 @@
-"""paystream_devinfra."""
+"""paystream_devinfra: embedded Kafka-protocol broker and PostgreSQL for dev and tests."""
+
+from paystream_devinfra.kafka import EmbeddedKafka, resolve_tansu_binary
+from paystream_devinfra.postgres import EmbeddedPostgres, postgres_bin_dir
+from paystream_devinfra.processes import (
+    ChildProcess,
+    EmbeddedStartError,
+    free_port,
+    port_accepts_connections,
+    wait_until_ready,
+)
+
+__all__ = [
+    "ChildProcess",
+    "EmbeddedKafka",
+    "EmbeddedPostgres",
+    "EmbeddedStartError",
+    "free_port",
+    "port_accepts_connections",
+    "postgres_bin_dir",
+    "resolve_tansu_binary",
+    "wait_until_ready",
+]
