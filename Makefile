@@ -31,13 +31,13 @@ test: install ## Run the whole test suite (unit, integration, e2e) on embedded d
 	$(RUN) pytest tests
 
 test-unit: install ## Unit tests only
-	$(RUN) pytest tests/unit
+	$(RUN) pytest tests/unit || [ $$? -eq 5 ]  # 5: nothing collected
 
 test-integration: install ## Integration tests (real broker and PostgreSQL)
-	$(RUN) pytest tests/integration
+	$(RUN) pytest tests/integration || [ $$? -eq 5 ]  # 5: nothing collected
 
 test-e2e: install ## End-to-end tests (paystream processes)
-	$(RUN) pytest tests/e2e
+	$(RUN) pytest tests/e2e || [ $$? -eq 5 ]  # 5: nothing collected
 
 lint: install ## ruff check + ruff format --check + mypy --strict
 	$(RUN) ruff check .

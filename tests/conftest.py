@@ -9,7 +9,10 @@ answers (the CI machine's PostgreSQL 15).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +34,7 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def primary_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def primary_pg() -> Iterator[str]:
     """Server URL (owner role) of the configured or embedded PostgreSQL."""
     configured = os.environ.get("PAYSTREAM_DATABASE_URL")
     if configured:
@@ -39,9 +42,14 @@ def primary_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from paystream_devinfra import EmbeddedPostgres
 
-    data_dir = tmp_path_factory.mktemp("pg") / "data"
-    with EmbeddedPostgres(data_dir=data_dir, database="postgres", fsync=False) as pg:
-        yield pg.url
+    # Not under pytest's tmp_path: as root the server runs as another user that needs o+x
+    # on every parent, and pytest resets /tmp/pytest-of-root to 0700 on each run.
+    base = Path(tempfile.mkdtemp(prefix="paystream-test-pg-"))
+    try:
+        with EmbeddedPostgres(base / "data", database="postgres", fsync=False) as pg:
+            yield pg.url
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=["primary", "local-pg"])

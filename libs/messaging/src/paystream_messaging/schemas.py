@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError, ValidationError
@@ -158,8 +158,11 @@ class SchemaRegistry:
         ]
         refs: Registry[Any] = Registry().with_resources(resources)
         checker = _format_checker()
+        by_id = {doc["$id"]: doc for doc in documents.values()}
         self._validators: dict[str, Draft202012Validator] = {
-            name: Draft202012Validator(doc, registry=refs, format_checker=checker)
+            name: Draft202012Validator(
+                _inline_refs(doc, doc["$id"], by_id), registry=refs, format_checker=checker
+            )
             for name, doc in documents.items()
             if _EVENT_TYPE_FILE.match(name)
         }
@@ -192,6 +195,32 @@ class SchemaRegistry:
             return self._validators[event_type]
         except KeyError:
             raise UnknownEventType(event_type, self.event_types) from None
+
+
+def _inline_refs(node: Any, base: str, by_id: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Replace each ``$ref`` by ``allOf: [target]``: same meaning, but resolved once at load.
+
+    Resolving refs per validation through ``referencing`` cost ~60% of the validation time.
+    """
+    if isinstance(node, list):
+        return [_inline_refs(item, base, by_id) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _inline_refs(v, base, by_id) for k, v in node.items() if k != "$ref"}
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        doc_uri, _, pointer = urljoin(base, ref).partition("#")
+        try:
+            target: Any = by_id[doc_uri]
+            for part in filter(None, pointer.split("/")):
+                target = target[part.replace("~1", "/").replace("~0", "~")]
+        except (KeyError, IndexError, TypeError):
+            raise SchemaError(
+                f"Unresolvable $ref {ref!r} in {base} (refs never go online)"
+            ) from None
+        out.setdefault("allOf", [])
+        out["allOf"] = [*out["allOf"], _inline_refs(target, doc_uri, by_id)]
+    return out
 
 
 def _load(path: Path) -> dict[str, Any]:

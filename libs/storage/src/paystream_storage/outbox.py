@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.models import OUTBOX_SHARDS, OutboxRow
 
 
@@ -19,6 +20,7 @@ def shard_for(key: str) -> int:
 
 def add_event(
     session: AsyncSession,
+    registry: SchemaRegistry,
     *,
     tenant_id: uuid.UUID,
     topic: str,
@@ -30,7 +32,14 @@ def add_event(
     data: dict[str, Any],
     traceparent: str | None = None,
 ) -> OutboxRow:
-    """Stage an event; it is published only if the surrounding transaction commits."""
+    """Stage an event; it is published only if the surrounding transaction commits.
+
+    The data is validated here, where a bug can still roll the state change back, so the
+    relay never meets a row it cannot publish.
+    """
+    registry.validate(event_type, data)
+    if data.get("tenant_id") != str(tenant_id):
+        raise ValueError(f"event data names tenant {data.get('tenant_id')}, not {tenant_id}")
     row = OutboxRow(
         tenant_id=tenant_id,
         topic=topic,

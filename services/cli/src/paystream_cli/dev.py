@@ -21,8 +21,9 @@ from types import FrameType
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from paystream_cli.infra import open_infra
 from paystream_config import DatabaseSettings, KafkaSettings
-from paystream_devinfra import ChildProcess, EmbeddedKafka, EmbeddedPostgres
+from paystream_devinfra import ChildProcess
 from paystream_messaging.topics import ensure_topics
 from paystream_storage import migrate
 from paystream_storage.db import create_engine, sessionmaker
@@ -111,16 +112,8 @@ def run(home: Path) -> int:
     env_file.unlink(missing_ok=True)
 
     with contextlib.ExitStack() as stack:
-        bootstrap = os.environ.get("PAYSTREAM_KAFKA_BOOTSTRAP")
-        if not bootstrap:
-            kafka = stack.enter_context(EmbeddedKafka(log_path=logs / "kafka.log"))
-            bootstrap = kafka.bootstrap
-        database_url = os.environ.get("PAYSTREAM_DATABASE_URL")
-        if not database_url:
-            pg = stack.enter_context(
-                EmbeddedPostgres(home / "pg", log_path=logs / "postgres.log", database="paystream")
-            )
-            database_url = pg.url
+        infra = open_infra(stack, home)
+        bootstrap, database_url = infra.kafka_bootstrap, infra.database_url
         if stop.is_set():
             return 0
 

@@ -128,6 +128,7 @@ def tenants_revoke_keys(name: str) -> None:
     type=click.Path(path_type=Path),
     default=Path(".paystream"),
     show_default=True,
+    envvar="PAYSTREAM_HOME",
     help="Runtime directory: PostgreSQL data, logs, dev.env.",
 )
 def dev(home: Path) -> None:
@@ -153,6 +154,30 @@ def worker_relay() -> None:
         run()
     except SettingsError as exc:
         _fail(str(exc))
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks: throughput and latency percentiles on this machine."""
+
+
+@bench.command("relay")
+@click.option("--rows", default=50_000, show_default=True, help="Backlog rows for the drain.")
+@click.option("--rate", default=2_000.0, show_default=True, help="Steady-load rows/s.")
+@click.option("--seconds", default=10.0, show_default=True, help="Steady-load duration.")
+@click.option("--chunk", default=10, show_default=True, help="Rows per writing transaction.")
+@click.option("--batch-size", default=500, show_default=True, help="Relay batch size.")
+@click.option(
+    "--home", type=click.Path(path_type=Path), default=Path(".paystream"), envvar="PAYSTREAM_HOME"
+)
+def bench_relay(
+    rows: int, rate: float, seconds: float, chunk: int, batch_size: int, home: Path
+) -> None:
+    """Outbox relay rows/s and commit-to-publish latency (embedded or configured infra)."""
+    from paystream_cli import bench_relay as bench_module
+
+    logs.setup("bench")
+    bench_module.run(home.absolute(), rows, chunk, batch_size, rate, seconds)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def build_relay() -> tuple[OutboxRelay, RelaySettings]:
         conninfo=db.libpq_url,
         producer=Producer(producer_config(kafka, client_id="paystream-relay")),
         topic_for=kafka.topic,
-        encode=lambda event: encode(event, registry),
+        encode=lambda event: encode(event, registry, validate=False),
         batch_size=relay_settings.relay_batch_size,
         max_shards=relay_settings.relay_max_shards_per_batch,
     )

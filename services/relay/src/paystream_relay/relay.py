@@ -40,7 +40,8 @@ WHERE shard = ANY(%(shards)s) AND published_at IS NULL
 ORDER BY id
 LIMIT %(limit)s
 """
-_MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY(%(ids)s)"
+# clock_timestamp(): the moment Kafka had acknowledged the batch, not when it began.
+_MARK_PUBLISHED = "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%(ids)s)"
 
 
 class PublishError(RuntimeError):

@@ -1,0 +1,33 @@
+"""Kafka and PostgreSQL for a command: the configured ones, or embedded ones it starts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from paystream_devinfra import EmbeddedKafka, EmbeddedPostgres
+
+
+@dataclass(frozen=True)
+class Infra:
+    kafka_bootstrap: str
+    database_url: str
+
+
+def open_infra(stack: contextlib.ExitStack, home: Path, *, fsync: bool = True) -> Infra:
+    """Use PAYSTREAM_KAFKA_BOOTSTRAP / PAYSTREAM_DATABASE_URL when set, else start embedded
+    servers whose lifetime is tied to `stack` (logs and PostgreSQL data under `home`)."""
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    bootstrap = os.environ.get("PAYSTREAM_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        bootstrap = stack.enter_context(EmbeddedKafka(log_path=logs / "kafka.log")).bootstrap
+    database_url = os.environ.get("PAYSTREAM_DATABASE_URL")
+    if not database_url:
+        pg = EmbeddedPostgres(
+            home / "pg", log_path=logs / "postgres.log", database="paystream", fsync=fsync
+        )
+        database_url = stack.enter_context(pg).url
+    return Infra(bootstrap, database_url)
