@@ -76,7 +76,8 @@ def test_make_dev_starts_writes_env_and_stops_cleanly(tmp_path: Path) -> None:
                 "SELECT paystream_tenant_for_key_hash(%s)",
                 (hash_api_key(values["PAYSTREAM_DEMO_API_KEY"]),),
             ).fetchone()
-            assert row is not None and row[0] == uuid.UUID(values["PAYSTREAM_DEMO_TENANT_ID"])
+            assert row is not None
+            assert row[0] == uuid.UUID(values["PAYSTREAM_DEMO_TENANT_ID"])
             routes = conn.execute(
                 "SELECT country, transaction_type, count(*) FROM gateway_countries"
                 " GROUP BY 1, 2 HAVING count(*) >= 2"
@@ -86,12 +87,14 @@ def test_make_dev_starts_writes_env_and_stops_cleanly(tmp_path: Path) -> None:
 
         family = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in family)
-        assert "tansu" in names and "postgres" in names and "worker relay" in names
+        assert "tansu" in names
+        assert "postgres" in names
+        assert "worker relay" in names
 
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
-        gone, alive = psutil.wait_procs(family, timeout=max(0.1, 10 - (time.monotonic() - started)))
+        _gone, alive = psutil.wait_procs(family, timeout=max(0.1, 10 - (time.monotonic() - started)))
         assert not alive, f"left running after SIGTERM: {[p.cmdline() for p in alive]}"
         assert time.monotonic() - started < 10
         assert not dev_env.exists(), "dev.env outlived the stack it describes"
