@@ -94,7 +94,8 @@ def test_make_dev_starts_writes_env_and_stops_cleanly(tmp_path: Path) -> None:
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
-        _gone, alive = psutil.wait_procs(family, timeout=max(0.1, 10 - (time.monotonic() - started)))
+        budget = max(0.1, 10 - (time.monotonic() - started))
+        _gone, alive = psutil.wait_procs(family, timeout=budget)
         assert not alive, f"left running after SIGTERM: {[p.cmdline() for p in alive]}"
         assert time.monotonic() - started < 10
         assert not dev_env.exists(), "dev.env outlived the stack it describes"
