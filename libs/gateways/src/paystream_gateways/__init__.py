@@ -1,0 +1,1 @@
+"""Gateway protocol, adapters (stripe, JSON, XML/SOAP), credentials, routing, resilience."""

@@ -1,0 +1,1 @@
+"""Ingest HTTP API: authenticates, validates and publishes commands."""

@@ -1,0 +1,1 @@
+"""Provider sandbox: Stripe-, JSON- and SOAP-compatible fake providers with fault controls."""
