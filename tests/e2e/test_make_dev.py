@@ -9,12 +9,14 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import psutil
 import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from paystream_storage.tenants import hash_api_key
+from tests.support.asgi_server import free_port
 from tests.support.databases import libpq
 from tests.support.polling import wait_for
 
@@ -45,6 +47,8 @@ def test_make_dev_starts_writes_env_and_stops_cleanly(tmp_path: Path) -> None:
         if k not in ("PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_DATABASE_URL")
     }
     env["PAYSTREAM_HOME"] = str(tmp_path / "home")
+    for name in ("API", "CALLBACK", "SANDBOX"):
+        env[f"PAYSTREAM_DEV_{name}_PORT"] = str(free_port())
     dev_env = tmp_path / "home" / "dev.env"
     log = (tmp_path / "make-dev.log").open("wb")
     proc = subprocess.Popen(
@@ -87,6 +91,9 @@ def test_make_dev_starts_writes_env_and_stops_cleanly(tmp_path: Path) -> None:
 
         family = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in family)
+        assert "serve ingest-api" in names
+        health = httpx.get(f"{values['PAYSTREAM_API_URL']}/readyz", timeout=10)
+        assert health.json() == {"status": "ready", "kafka": True, "database": True}
         assert "tansu" in names
         assert "postgres" in names
         assert "worker relay" in names

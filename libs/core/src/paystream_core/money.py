@@ -21,6 +21,10 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 _AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,3})?$")
 
 
+# amount_minor is a PostgreSQL bigint and a JSON Schema integer bounded to the same range.
+MAX_MINOR = 2**63 - 1
+
+
 class MoneyError(ValueError):
     """An amount or currency that cannot be represented exactly."""
 
@@ -51,6 +55,8 @@ class Money:
             minor = int(Decimal(amount).scaleb(exponent))
         except InvalidOperation as exc:  # pragma: no cover - the regex already guards this
             raise MoneyError("amount is not a number") from exc
+        if minor > MAX_MINOR:
+            raise MoneyError("amount is too large")
         return cls(minor, currency)
 
     def format(self) -> str:

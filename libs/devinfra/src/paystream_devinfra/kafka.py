@@ -84,12 +84,15 @@ class EmbeddedKafka:
         log_path: str | os.PathLike[str] | None = None,
         cluster_id: str = "paystream",
         binary: str | os.PathLike[str] | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
         self.timeout = timeout
         self.cluster_id = cluster_id
         self._binary = Path(binary) if binary is not None else None
+        # Tests put a TCP proxy in front of the broker: clients must come back through it.
+        self.advertised_port = advertised_port
         self._log_path = Path(log_path) if log_path is not None else None
         self._own_log = False
         self._port: int | None = port
@@ -149,7 +152,7 @@ class EmbeddedKafka:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    f"tcp://{self.host}:{self.advertised_port or port}",
                     "--storage-engine",
                     "memory://tansu/",
                 ],

@@ -98,7 +98,7 @@ def run(home: Path, rows: int, chunk: int, batch_size: int, rate: float, seconds
         registry = SchemaRegistry()
         relay = OutboxRelay(
             conninfo=scratch_db.libpq_url,
-            producer=Producer(producer_config(kafka, "paystream-bench")),
+            new_producer=lambda: Producer(producer_config(kafka, "paystream-bench")),
             topic_for=kafka.topic,
             encode=lambda e: encode(e, registry, validate=False),
             batch_size=batch_size,

@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from paystream_cli.infra import open_infra
 from paystream_config import DatabaseSettings, KafkaSettings
+from paystream_config.crypto import ensure_dev_keyring
 from paystream_devinfra import ChildProcess
 from paystream_messaging.topics import ensure_topics
 from paystream_storage import migrate
@@ -43,11 +46,17 @@ DEMO_TENANT = "demo"
 # Services that exist so far: name -> paystream arguments.
 SERVICES: dict[str, list[str]] = {
     "relay": ["worker", "relay"],
+    "ingest-api": ["serve", "ingest-api"],
 }
 
 # Where the HTTP services listen (the ingest API, callback ingress and provider sandbox
 # arrive with their own issues; the URLs are fixed now so dev.env keeps one shape).
-HTTP_PORTS = {"API": 8000, "CALLBACK": 8001, "SANDBOX": 8002}
+HTTP_PORTS = {
+    name: int(os.environ.get(f"PAYSTREAM_DEV_{name}_PORT", default))
+    for name, default in (("API", 8000), ("CALLBACK", 8001), ("SANDBOX", 8002))
+}
+# Service -> the URL that answers once it is ready.
+READY_URLS = {"ingest-api": f"http://127.0.0.1:{HTTP_PORTS['API']}/healthz"}
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,8 @@ def write_dev_env(path: Path, stack: DevStack, running: list[str]) -> None:
         f"PAYSTREAM_TOPIC_PREFIX={stack.topic_prefix}",
         f"PAYSTREAM_DEMO_TENANT_ID={stack.demo.tenant_id}",
         f"PAYSTREAM_DEMO_API_KEY={stack.demo.api_key}",
-        f"# Services running: {', '.join(running)}. URLs below are reserved for services",
-        "# that are not part of the stack yet (nothing listens there until they are).",
+        f"# Services running: {', '.join(running)}. The callback and sandbox URLs are reserved",
+        "# for services that are not part of the stack yet.",
     ]
     lines += [f"PAYSTREAM_{name}_URL=http://127.0.0.1:{port}" for name, port in HTTP_PORTS.items()]
     tmp = path.with_suffix(".tmp")
@@ -124,11 +133,14 @@ def run(home: Path) -> int:
         demo = asyncio.run(_seed_demo(db_settings))
         dev = DevStack(bootstrap, database_url, kafka_settings.topic_prefix, demo)
 
+        keyring = ensure_dev_keyring(home)
         service_env = {
             **os.environ,
+            **keyring.environment_with_key_material(),
             "PAYSTREAM_KAFKA_BOOTSTRAP": bootstrap,
             "PAYSTREAM_DATABASE_URL": database_url,
             "PAYSTREAM_TOPIC_PREFIX": kafka_settings.topic_prefix,
+            "PAYSTREAM_INGEST_PORT": str(HTTP_PORTS["API"]),
         }
         children: dict[str, ChildProcess] = {}
         for name, args in SERVICES.items():
@@ -142,6 +154,10 @@ def run(home: Path) -> int:
             stack.callback(child.stop, 15.0)
             children[name] = child
 
+        for name, url in READY_URLS.items():
+            _wait_ready(name, url, children[name], stop)
+        if stop.is_set():
+            return 0
         write_dev_env(env_file, dev, list(children))
         stack.callback(env_file.unlink, missing_ok=True)
         _print_summary(dev, children, env_file, logs)
@@ -154,6 +170,27 @@ def run(home: Path) -> int:
                     return 1
     log.info("dev: stopped")
     return 0
+
+
+def _wait_ready(name: str, url: str, child: ChildProcess, stop: threading.Event) -> None:
+    """Until `url` answers 200; a child that dies first is a startup failure."""
+    deadline = time.monotonic() + 60
+    while not stop.is_set():
+        if child.poll() is not None:
+            raise DevStartError(child.describe_failure("exited during startup", name))
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our URL
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise DevStartError(child.describe_failure(f"not ready at {url} after 60 s", name))
+        stop.wait(0.1)
+
+
+class DevStartError(RuntimeError):
+    pass
 
 
 def _print_summary(

@@ -136,7 +136,28 @@ def dev(home: Path) -> None:
     from paystream_cli import dev as dev_stack
 
     logs.setup("dev")
-    sys.exit(dev_stack.run(home.absolute()))
+    try:
+        code = dev_stack.run(home.absolute())
+    except dev_stack.DevStartError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+@cli.group()
+def serve() -> None:
+    """Run an HTTP service."""
+
+
+@serve.command("ingest-api")
+def serve_ingest_api() -> None:
+    """Deposits and withdrawals over HTTP, published to Kafka (PAYSTREAM_INGEST_*)."""
+    from paystream_ingest_api.main import run
+
+    logs.setup("ingest-api")
+    try:
+        run()
+    except SettingsError as exc:
+        _fail(str(exc))
 
 
 @cli.group()

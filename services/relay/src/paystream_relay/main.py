@@ -25,7 +25,7 @@ def build_relay() -> tuple[OutboxRelay, RelaySettings]:
     registry = SchemaRegistry()
     relay = OutboxRelay(
         conninfo=db.libpq_url,
-        producer=Producer(producer_config(kafka, client_id="paystream-relay")),
+        new_producer=lambda: Producer(producer_config(kafka, client_id="paystream-relay")),
         topic_for=kafka.topic,
         encode=lambda event: encode(event, registry, validate=False),
         batch_size=relay_settings.relay_batch_size,

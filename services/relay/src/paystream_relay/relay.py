@@ -59,13 +59,20 @@ class RelayStats:
 @dataclass
 class OutboxRelay:
     conninfo: str
-    producer: Producer
+    new_producer: Callable[[], Producer]
     topic_for: Callable[[str], str]
     encode: Callable[[Event], KafkaRecord]
     batch_size: int = 500
     max_shards: int = 16
     flush_timeout_s: float = 30.0
     stats: RelayStats = field(default_factory=RelayStats)
+    _producer: Producer | None = field(default=None, init=False, repr=False)
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = self.new_producer()
+        return self._producer
 
     def publish_batch(self, conn: psycopg.Connection[dict[str, Any]]) -> int:
         """Publish one batch; returns the number of rows marked published."""
@@ -129,6 +136,9 @@ class OutboxRelay:
                     backoff = 0.5
                 except PublishError as exc:
                     log.error("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                    # A producer that failed a batch may be fenced or fatally broken after
+                    # an outage; the batch is retried on a fresh one (same event ids).
+                    self._producer = None
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue

@@ -1,0 +1,154 @@
+"""The encryption key ring: which AES-256 keys exist and which one encrypts new data.
+
+    PAYSTREAM_KEYRING="2025-01:<base64 32 bytes>,2025-06:<base64 32 bytes>"
+    PAYSTREAM_ACTIVE_KEY_ID="2025-06"
+
+Every key in the ring decrypts; only the active one encrypts. Rotating is: add a key,
+make it active, restart, run `paystream keys rotate`, and drop the old key only once the
+rotation reports nothing left under it.
+
+Key material never appears in a repr, an error message or a log line: the ring is a
+SecretStr, validation errors name the entry and key id only (and pydantic is told to hide
+inputs), and helpers that return material say so in their name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KEY_BYTES = 32
+KEY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+_KEY_ID = re.compile(KEY_ID_PATTERN)
+
+DEV_KEYRING_FILE = "keyring.env"
+
+
+def _parse(ring: str) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    entries = [e.strip() for e in ring.split(",") if e.strip()]
+    if not entries:
+        raise ValueError("no keys: expected 'kid:base64key[,kid:base64key...]'")
+    for position, entry in enumerate(entries, start=1):
+        kid, sep, encoded = entry.partition(":")
+        kid = kid.strip()
+        if not sep:
+            raise ValueError(f"entry {position}: expected 'kid:base64key'")
+        if not _KEY_ID.match(kid):
+            raise ValueError(f"entry {position}: key id must match {KEY_ID_PATTERN}")
+        if kid in keys:
+            raise ValueError(f"entry {position}: duplicate key id {kid!r}")
+        try:
+            key = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"entry {position} ({kid!r}): key is not valid base64") from None
+        if len(key) != KEY_BYTES:
+            raise ValueError(
+                f"entry {position} ({kid!r}): key must be {KEY_BYTES} bytes (AES-256),"
+                f" got {len(key)}"
+            )
+        keys[kid] = key
+    return keys
+
+
+class KeyRingSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PAYSTREAM_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
+
+    keyring: SecretStr = Field(description="kid:base64key[,kid:base64key...]")
+    active_key_id: str = Field(pattern=KEY_ID_PATTERN)
+
+    @field_validator("keyring")
+    @classmethod
+    def _well_formed(cls, value: SecretStr) -> SecretStr:
+        _parse(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _active_is_in_ring(self) -> KeyRingSettings:
+        if self.active_key_id not in self.key_ids:
+            raise ValueError(
+                f"PAYSTREAM_ACTIVE_KEY_ID {self.active_key_id!r} is not in PAYSTREAM_KEYRING"
+                f" (key ids: {', '.join(self.key_ids)})"
+            )
+        return self
+
+    @property
+    def key_ids(self) -> list[str]:
+        return list(_parse(self.keyring.get_secret_value()))
+
+    def key_material(self) -> dict[str, bytes]:
+        """key id -> raw key. Key material: hand it to the cipher, nowhere else."""
+        return _parse(self.keyring.get_secret_value())
+
+    def environment_with_key_material(self) -> dict[str, str]:
+        """The two variables a child process needs. Contains key material."""
+        return {
+            "PAYSTREAM_KEYRING": self.keyring.get_secret_value(),
+            "PAYSTREAM_ACTIVE_KEY_ID": self.active_key_id,
+        }
+
+
+def new_key_entry(key_id: str) -> str:
+    """A fresh `kid:base64key` entry (key material: goes straight to a secret store)."""
+    if not _KEY_ID.match(key_id):
+        raise ValueError(f"key id must match {KEY_ID_PATTERN}")
+    return f"{key_id}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
+
+
+def read_keyring_file(path: Path) -> KeyRingSettings:
+    """Load a ring from a `KEY=value` file; its values win over the environment."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and not name.startswith("#"):
+            values[name.strip()] = value.strip()
+    return KeyRingSettings(
+        keyring=SecretStr(values.get("PAYSTREAM_KEYRING", "")),
+        active_key_id=values.get("PAYSTREAM_ACTIVE_KEY_ID", ""),
+    )
+
+
+def _write_private(path: Path, settings: KeyRingSettings) -> None:
+    body = "".join(f"{k}={v}\n" for k, v in settings.environment_with_key_material().items())
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(body)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written ring
+
+
+def ensure_dev_keyring(directory: Path) -> KeyRingSettings:
+    """The development ring in `directory/keyring.env` (mode 0600), created on first use.
+
+    For `paystream dev` only: production rings come from a secret store via the
+    environment.
+    """
+    path = directory / DEV_KEYRING_FILE
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        entry = new_key_entry("dev-1")
+        _write_private(path, KeyRingSettings(keyring=SecretStr(entry), active_key_id="dev-1"))
+    return read_keyring_file(path)
+
+
+def add_dev_key(directory: Path) -> KeyRingSettings:
+    """Append a new key to the development ring and make it active (to try `keys rotate`)."""
+    current = ensure_dev_keyring(directory)
+    number = 1 + max(
+        (int(k.rsplit("-", 1)[1]) for k in current.key_ids if re.fullmatch(r"dev-\d+", k)),
+        default=0,
+    )
+    kid = f"dev-{number}"
+    ring = current.keyring.get_secret_value() + "," + new_key_entry(kid)
+    updated = KeyRingSettings(keyring=SecretStr(ring), active_key_id=kid)
+    _write_private(directory / DEV_KEYRING_FILE, updated)
+    return updated

@@ -1,0 +1,196 @@
+"""The ingest API: routes, error rendering, OpenAPI. Handlers live in handlers.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
+
+from paystream_ingest_api import handlers
+from paystream_ingest_api.auth import authenticate
+from paystream_ingest_api.deps import IngestDeps
+from paystream_ingest_api.openapi import build_openapi
+from paystream_ingest_api.problems import Problem
+from paystream_ingest_api.requests import DepositRequest, WithdrawalRequest, field_errors
+
+log = logging.getLogger(__name__)
+
+_TRACEPARENT_LEN = 55
+
+
+def create_app(deps: IngestDeps) -> FastAPI:
+    app = FastAPI(
+        title="paystream ingest API",
+        version="1.0.0",
+        description="Deposits and withdrawals, accepted once Kafka acknowledged the command.",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return exc.response(instance=request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code)
+        if kind is None:
+            return JSONResponse({"detail": exc.detail}, exc.status_code)
+        return Problem(kind, str(exc.detail)).response(request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return Problem(
+            "validation-error", "request is invalid", errors=field_errors(list(exc.errors()))
+        ).response(request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return Problem("internal-error", "unexpected error; it has been logged").response(
+            request.url.path
+        )
+
+    @app.middleware("http")
+    async def _measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        route = _route_template(app, request)
+        response = await call_next(request)
+        deps.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        deps.metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+    async def tenant_of(request: Request) -> uuid.UUID:
+        return await authenticate(
+            request.headers.get("authorization"),
+            deps.sessions,
+            deps.auth_cache,
+            deps.settings.ingest_auth_cache_s,
+        )
+
+    async def command(request: Request, kind: str, model: type[DepositRequest]) -> Response:
+        tenant = await tenant_of(request)
+        key = _idempotency_key(request)
+        body = await _read_json_body(request, deps.settings.ingest_max_body_bytes)
+        try:
+            parsed = model.model_validate_json(body)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if any(e["type"] == "json_invalid" for e in errors):
+                raise Problem(
+                    "malformed-json", f"body is not valid JSON: {errors[0]['msg']}"
+                ) from None
+            raise Problem(
+                "validation-error", "request is invalid", errors=field_errors(list(errors))
+            ) from None
+        traceparent = request.headers.get("traceparent")
+        if traceparent is not None and len(traceparent) != _TRACEPARENT_LEN:
+            traceparent = None  # malformed trace context is dropped, not propagated
+        accepted = await handlers.accept_command(deps, tenant, key, kind, parsed, traceparent)
+        return JSONResponse(accepted, status_code=202)
+
+    @app.post("/v1/deposits", status_code=202, operation_id="createDeposit")
+    async def create_deposit(request: Request) -> Response:
+        return await command(request, "deposit", DepositRequest)
+
+    @app.post("/v1/withdrawals", status_code=202, operation_id="createWithdrawal")
+    async def create_withdrawal(request: Request) -> Response:
+        return await command(request, "withdrawal", WithdrawalRequest)
+
+    @app.get("/v1/transactions/{transaction_id}", operation_id="getTransaction")
+    async def get_transaction(request: Request, transaction_id: str) -> Response:
+        tenant = await tenant_of(request)
+        try:
+            txn = uuid.UUID(transaction_id)
+        except ValueError:
+            raise Problem("not-found", f"no transaction {transaction_id!r}") from None
+        return JSONResponse(await handlers.transaction_snapshot(deps, tenant, txn))
+
+    @app.get("/v1/accounts/{account_id}/balances", operation_id="getBalances")
+    async def get_balances(request: Request, account_id: str) -> Response:
+        tenant = await tenant_of(request)
+        return JSONResponse(await handlers.account_balances(deps, tenant, account_id))
+
+    @app.get("/healthz", operation_id="healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", operation_id="readyz")
+    async def readyz() -> Response:
+        kafka_ok, db_ok = await asyncio.gather(
+            asyncio.to_thread(deps.publisher.ping, 2.0), _db_ok(deps)
+        )
+        ready = kafka_ok and db_ok
+        body = {"status": "ready" if ready else "not ready", "kafka": kafka_ok, "database": db_ok}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", operation_id="metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(deps.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _route_template(app: FastAPI, request: Request) -> str:
+    """Label metrics by route template, not raw path (ids would explode cardinality)."""
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+    return "unmatched"
+
+
+def _idempotency_key(request: Request) -> str:
+    key = request.headers.get("idempotency-key")
+    if key is None or not 1 <= len(key) <= 255 or not key.isprintable():
+        raise Problem(
+            "missing-idempotency-key",
+            "send an Idempotency-Key header of 1-255 printable characters",
+        )
+    return key
+
+
+async def _read_json_body(request: Request, limit: int) -> bytes:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise Problem("unsupported-media-type", "send Content-Type: application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem("payload-too-large", f"bodies are limited to {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # chunked bodies have no Content-Length: count as they arrive
+            raise Problem("payload-too-large", f"bodies are limited to {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _db_ok(deps: IngestDeps) -> bool:
+    try:
+        async with deps.sessions() as session:
+            await asyncio.wait_for(session.execute(text("SELECT 1")), 2.0)
+        return True
+    except Exception:  # any failure means "not ready"; the reason is in the DB logs
+        return False

@@ -1,0 +1,63 @@
+"""Entry point of the ingest API process (`paystream serve ingest-api`)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+
+import uvicorn
+
+from paystream_config import load
+from paystream_config.crypto import KeyRingSettings
+from paystream_gateways.credentials import KeyRing
+from paystream_ingest_api.app import create_app
+from paystream_ingest_api.deps import IngestDeps, SealedDestination, Sealer
+from paystream_ingest_api.settings import IngestSettings
+from paystream_messaging.async_publisher import AsyncPublisher
+from paystream_messaging.kafka_config import producer_config
+from paystream_messaging.schemas import SchemaRegistry
+from paystream_storage.db import create_engine, sessionmaker
+
+log = logging.getLogger(__name__)
+
+
+def destination_sealer(ring: KeyRing) -> Sealer:
+    """Bank details sealed under the tenant and transaction they belong to."""
+
+    def seal(tenant: uuid.UUID, txn: uuid.UUID, cleartext: bytes) -> SealedDestination:
+        sealed = ring.seal(tenant, txn, cleartext)
+        return SealedDestination(base64.b64encode(sealed.ciphertext).decode(), sealed.key_id)
+
+    return seal
+
+
+def build_deps(settings: IngestSettings, ring: KeyRing) -> IngestDeps:
+    config = producer_config(settings, "paystream-ingest-api")
+    # librdkafka reports every record by then: a 503'd command is never delivered later.
+    config["delivery.timeout.ms"] = settings.ingest_publish_timeout_ms
+    return IngestDeps(
+        settings=settings,
+        publisher=AsyncPublisher(config),
+        sessions=sessionmaker(create_engine(settings)),
+        registry=SchemaRegistry(),
+        seal_destination=destination_sealer(ring),
+    )
+
+
+def run() -> None:
+    settings = load(IngestSettings)
+    ring = KeyRing.from_settings(load(KeyRingSettings))
+    deps = build_deps(settings, ring)
+    config = uvicorn.Config(
+        create_app(deps),
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    log.info("ingest-api: listening on http://%s:%s", settings.ingest_host, settings.ingest_port)
+    uvicorn.Server(config).run()
+    undelivered = deps.publisher.close(10)
+    log.info("ingest-api: stopped (%d undelivered records)", undelivered)
