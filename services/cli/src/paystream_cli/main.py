@@ -201,5 +201,21 @@ def bench_relay(
     bench_module.run(home.absolute(), rows, chunk, batch_size, rate, seconds)
 
 
+@bench.command("ingest")
+@click.option("--requests", "total", default=20_000, show_default=True)
+@click.option("--concurrency", default=50, show_default=True)
+@click.option("--server", type=click.Choice(["uvicorn", "granian"]), default="uvicorn")
+@click.option("--workers", default=1, show_default=True)
+@click.option(
+    "--home", type=click.Path(path_type=Path), default=Path(".paystream"), envvar="PAYSTREAM_HOME"
+)
+def bench_ingest(total: int, concurrency: int, server: str, workers: int, home: Path) -> None:
+    """POST /v1/deposits requests/s and latency percentiles against a real ingest-api."""
+    from paystream_cli import bench_ingest as bench_module
+
+    logs.setup("bench")
+    bench_module.run(home.absolute(), total, concurrency, server, workers)
+
+
 if __name__ == "__main__":
     cli()

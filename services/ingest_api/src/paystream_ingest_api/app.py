@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,8 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paystream_ingest_api import handlers
 from paystream_ingest_api.auth import authenticate
@@ -31,7 +33,15 @@ _TRACEPARENT_LEN = 55
 
 
 def create_app(deps: IngestDeps) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Deliver what is still queued before the process goes (SIGTERM, deploys).
+        undelivered = await asyncio.to_thread(deps.publisher.close, 10.0)
+        log.info("ingest-api: publisher closed, %d records undelivered", undelivered)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="paystream ingest API",
         version="1.0.0",
         description="Deposits and withdrawals, accepted once Kafka acknowledged the command.",
@@ -62,17 +72,6 @@ def create_app(deps: IngestDeps) -> FastAPI:
         return Problem("internal-error", "unexpected error; it has been logged").response(
             request.url.path
         )
-
-    @app.middleware("http")
-    async def _measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        route = _route_template(app, request)
-        response = await call_next(request)
-        deps.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        deps.metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
-        return response
 
     async def tenant_of(request: Request) -> uuid.UUID:
         return await authenticate(
@@ -148,13 +147,45 @@ def create_app(deps: IngestDeps) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(MetricsMiddleware, deps=deps, routes=app.router.routes)
     return app
 
 
-def _route_template(app: FastAPI, request: Request) -> str:
+class MetricsMiddleware:
+    """Request counts and latency by route template. Plain ASGI: Starlette's
+    BaseHTTPMiddleware cost more CPU per request than the handler itself."""
+
+    def __init__(self, app: ASGIApp, deps: IngestDeps, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.deps = deps
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = _route_template(self.routes, scope)
+            method = scope["method"]
+            self.deps.metrics.requests.labels(method, route, str(status)).inc()
+            self.deps.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+
+
+def _route_template(routes: list[BaseRoute], scope: Scope) -> str:
     """Label metrics by route template, not raw path (ids would explode cardinality)."""
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
+    for route in routes:
+        match, _ = route.matches(scope)
         if match == Match.FULL:
             return str(getattr(route, "path", "unmatched"))
     return "unmatched"

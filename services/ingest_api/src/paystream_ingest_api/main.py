@@ -7,6 +7,7 @@ import logging
 import uuid
 
 import uvicorn
+from fastapi import FastAPI
 
 from paystream_config import load
 from paystream_config.crypto import KeyRingSettings
@@ -45,19 +46,48 @@ def build_deps(settings: IngestSettings, ring: KeyRing) -> IngestDeps:
     )
 
 
-def run() -> None:
+def app_factory() -> FastAPI:
+    """The app with its dependencies from the environment (what the servers import)."""
     settings = load(IngestSettings)
     ring = KeyRing.from_settings(load(KeyRingSettings))
-    deps = build_deps(settings, ring)
-    config = uvicorn.Config(
-        create_app(deps),
-        host=settings.ingest_host,
-        port=settings.ingest_port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
+    return create_app(build_deps(settings, ring))
+
+
+def run() -> None:
+    settings = load(IngestSettings)
+    load(KeyRingSettings)  # fail here, with the settings message, not inside a worker
+    log.info(
+        "ingest-api: %s listening on http://%s:%s",
+        settings.ingest_server,
+        settings.ingest_host,
+        settings.ingest_port,
     )
-    log.info("ingest-api: listening on http://%s:%s", settings.ingest_host, settings.ingest_port)
-    uvicorn.Server(config).run()
-    undelivered = deps.publisher.close(10)
-    log.info("ingest-api: stopped (%d undelivered records)", undelivered)
+    target = "paystream_ingest_api.main:app_factory"
+    if settings.ingest_server == "granian":
+        from granian import Granian
+        from granian.constants import Interfaces
+        from granian.log import LogLevels
+
+        Granian(
+            target,
+            factory=True,
+            address=settings.ingest_host,
+            port=settings.ingest_port,
+            interface=Interfaces.ASGI,
+            workers=settings.ingest_workers,
+            log_level=LogLevels.warning,
+        ).serve()
+    else:
+        uvicorn.run(
+            target,
+            factory=True,
+            host=settings.ingest_host,
+            port=settings.ingest_port,
+            workers=settings.ingest_workers,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
+    log.info("ingest-api: stopped")

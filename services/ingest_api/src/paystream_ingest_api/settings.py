@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from paystream_config import DatabaseSettings, KafkaSettings
@@ -10,6 +12,9 @@ from paystream_config import DatabaseSettings, KafkaSettings
 class IngestSettings(KafkaSettings, DatabaseSettings):
     ingest_host: str = "127.0.0.1"
     ingest_port: int = Field(default=8000, ge=0, le=65535)
+    # Measured with `paystream bench ingest`; see the README.
+    ingest_server: Literal["uvicorn", "granian"] = "uvicorn"
+    ingest_workers: int = Field(default=1, ge=1, le=64)
     # Bodies above this get 413 before they are parsed.
     ingest_max_body_bytes: int = Field(default=65_536, ge=1024, le=10_485_760)
     # A command is acknowledged by Kafka within this bound or the client gets 503; the
