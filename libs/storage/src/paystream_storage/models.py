@@ -90,7 +90,9 @@ class Account(Base):
     __tablename__ = "accounts"
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    country: Mapped[str] = mapped_column(ForeignKey("countries.code"))
+    # No foreign key to countries: that table is routing configuration, and a command for
+    # a country nobody routes must still be stored (and rejected), not fail.
+    country: Mapped[str] = mapped_column(String(2))
     created_at: Mapped[datetime] = _now()
 
 
@@ -160,7 +162,7 @@ class Transaction(Base):
     version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
-    country: Mapped[str] = mapped_column(ForeignKey("countries.code"))
+    country: Mapped[str] = mapped_column(String(2))
     idempotency_key: Mapped[str] = mapped_column(String(255))
     payload_hash: Mapped[str] = mapped_column(String(64))
     payment_method: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,1 @@
+"""Gateway worker: routes commands to payment gateways, safely."""

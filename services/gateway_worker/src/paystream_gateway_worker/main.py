@@ -1,0 +1,51 @@
+"""Entry point of the gateway worker (`paystream worker gateway`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+
+from paystream_config import load
+from paystream_config.crypto import KeyRingSettings
+from paystream_gateway_worker.app import create_app
+from paystream_gateway_worker.dead_letters import KafkaDeadLetters
+from paystream_gateway_worker.deps import WorkerDeps
+from paystream_gateway_worker.resilience import Breakers
+from paystream_gateway_worker.settings import GatewayWorkerSettings
+from paystream_gateways.credentials import KeyRing
+from paystream_gateways.manager import DbConnectionSource, GatewayManager
+from paystream_messaging import topics
+from paystream_messaging.async_publisher import AsyncPublisher
+from paystream_messaging.kafka_config import producer_config
+from paystream_messaging.schemas import SchemaRegistry
+from paystream_storage.db import create_engine, sessionmaker
+
+log = logging.getLogger(__name__)
+
+
+def build_deps_factory(
+    settings: GatewayWorkerSettings, ring: KeyRing
+) -> Callable[[], Awaitable[WorkerDeps]]:
+    async def build() -> WorkerDeps:
+        sessions = sessionmaker(create_engine(settings))
+        publisher = AsyncPublisher(producer_config(settings, "paystream-gateway-worker"))
+        return WorkerDeps(
+            settings=settings,
+            sessions=sessions,
+            registry=SchemaRegistry(),
+            gateways=GatewayManager(DbConnectionSource(sessions), ring),
+            keyring=ring,
+            dead_letters=KafkaDeadLetters(publisher, settings.topic(topics.DEAD_LETTERS)),
+            breakers=Breakers(settings.breaker_fail_max, settings.breaker_reset_timeout_s),
+        )
+
+    return build
+
+
+def run() -> None:
+    settings = load(GatewayWorkerSettings)
+    ring = KeyRing.from_settings(load(KeyRingSettings))
+    app = create_app(settings, build_deps_factory(settings, ring))
+    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
+    app.main()

@@ -1,0 +1,94 @@
+"""Circuit breakers and retries around one gateway call.
+
+pybreaker cannot decorate `async def`; `with breaker.calling(): await call()` counts what
+the block raises. Only gateway *health* failures trip it: a decline is a healthy answer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pybreaker
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_base
+
+from paystream_gateways.errors import Ambiguous, AmbiguousReason, NotExecuted, NotExecutedReason
+
+T = TypeVar("T")
+
+
+class Breakers:
+    """One breaker per gateway, shared by every command in this process."""
+
+    def __init__(self, fail_max: int, reset_timeout_s: float) -> None:
+        self._fail_max = fail_max
+        self._reset = reset_timeout_s
+        self._by_gateway: dict[str, pybreaker.CircuitBreaker] = {}
+
+    def of(self, gateway: str) -> pybreaker.CircuitBreaker:
+        breaker = self._by_gateway.get(gateway)
+        if breaker is None:
+            breaker = pybreaker.CircuitBreaker(
+                fail_max=self._fail_max, reset_timeout=self._reset, name=gateway
+            )
+            self._by_gateway[gateway] = breaker
+        return breaker
+
+    def states(self) -> dict[str, str]:
+        return {name: str(b.current_state) for name, b in self._by_gateway.items()}
+
+
+class _Backoff(wait_base):
+    """Exponential with full jitter, but never shorter than a Retry-After we were given."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base, self.cap = base, cap
+
+    def __call__(self, retry_state: object) -> float:
+        attempt = getattr(retry_state, "attempt_number", 1)
+        delay = random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        outcome = getattr(retry_state, "outcome", None)
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        retry_after = getattr(exc, "retry_after_s", None)
+        if isinstance(retry_after, int | float):
+            delay = max(delay, min(float(retry_after), self.cap))
+        return delay
+
+
+async def call_with_resilience(
+    breaker: pybreaker.CircuitBreaker,
+    call: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    base_s: float,
+    max_s: float,
+    gateway: str,
+) -> T:
+    """Retry ambiguous failures (same request, same key); NotExecuted and results pass
+    through. An open breaker becomes NotExecuted(BREAKER_OPEN): nothing was sent."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=_Backoff(base_s, max_s),
+        retry=retry_if_exception_type(Ambiguous),
+        reraise=True,
+    ):
+        with attempt:
+            sent = False
+            try:
+                with breaker.calling():
+                    sent = True
+                    return await call()
+            except pybreaker.CircuitBreakerError as exc:
+                if sent:
+                    # pybreaker trips *on* a failing call and raises its own error instead
+                    # of the call's: that call may have executed, so keep its real error.
+                    original = exc.__context__
+                    if isinstance(original, Ambiguous | NotExecuted):
+                        raise original from None
+                    raise Ambiguous(gateway, AmbiguousReason.SERVER_ERROR, str(exc)) from exc
+                raise NotExecuted(
+                    gateway, NotExecutedReason.BREAKER_OPEN, "circuit breaker open"
+                ) from exc
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,24 @@
+"""Settings of the gateway worker process."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from paystream_config import DatabaseSettings, KafkaSettings
+
+
+class GatewayWorkerSettings(KafkaSettings, DatabaseSettings):
+    worker_group: str = Field(default="paystream-gateway-worker", min_length=1)
+    # Commands processed at once per process: provider calls are slow, so this is the
+    # throughput knob. Offsets still commit only up to the oldest unfinished command.
+    worker_concurrency: int = Field(default=32, ge=1, le=1000)
+    # Tries of one attempt on ambiguous errors (same idempotency key every time).
+    worker_retry_attempts: int = Field(default=3, ge=1, le=10)
+    worker_retry_base_s: float = Field(default=0.2, gt=0, le=30)
+    worker_retry_max_s: float = Field(default=5.0, gt=0, le=300)
+    breaker_fail_max: int = Field(default=5, ge=1, le=1000)
+    breaker_reset_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    worker_web_port: int = Field(default=0, ge=0, le=65535, description="0: no health server")
+    # A consumer that has records to process but makes no progress for this long is
+    # reported unhealthy by /healthz, so an orchestrator restarts it.
+    worker_stall_after_s: float = Field(default=120.0, gt=0)

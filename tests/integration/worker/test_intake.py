@@ -1,0 +1,127 @@
+"""Intake: idempotent storage, holds, rejections, dead letters, crash resumption."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from paystream_gateway_worker.deps import RawRecord
+from paystream_gateway_worker.commands import intake
+from paystream_gateway_worker.execution import execute
+from paystream_gateway_worker.handler import handle
+from paystream_gateways.protocol import Outcome, PaymentRequest, Succeeded
+from tests.integration.worker.conftest import WorkerEnv
+
+pytestmark = pytest.mark.integration
+
+
+def ok(request: PaymentRequest) -> Outcome:
+    return Succeeded(f"ref-{request.idempotency_key}")
+
+
+async def test_withdrawal_holds_then_settles(worker_env: WorkerEnv) -> None:
+    worker_env.gateway("gw_a", ok)
+    _, deposit = worker_env.command(amount_minor=5000)
+    await handle(worker_env.deps, deposit)
+    txn, withdrawal = worker_env.command("withdrawal", amount_minor=1200)
+    await handle(worker_env.deps, withdrawal)
+    assert worker_env.status(txn) == "succeeded"
+    assert worker_env.balance() == (3800, 0)
+    legs = worker_env.query(
+        "SELECT sum(amount_minor) FROM ledger_entries WHERE transaction_id = %s", txn
+    )
+    assert legs == [(0,)], "double entry: a transaction's legs sum to zero"
+
+
+async def test_withdrawal_failure_releases_the_hold(worker_env: WorkerEnv) -> None:
+    worker_env.gateway("gw_a", ok)
+    _, deposit = worker_env.command(amount_minor=5000)
+    await handle(worker_env.deps, deposit)
+    from paystream_gateways.protocol import Declined
+
+    worker_env.gateway("gw_a", lambda r: Declined("invalid_account", "bad destination", False))
+    txn, withdrawal = worker_env.command("withdrawal", amount_minor=1200)
+    await handle(worker_env.deps, withdrawal)
+    assert worker_env.status(txn) == "failed"
+    assert worker_env.balance() == (5000, 0)
+
+
+async def test_insufficient_funds_rejected_without_a_call(worker_env: WorkerEnv) -> None:
+    a = worker_env.gateway("gw_a", ok)
+    txn, withdrawal = worker_env.command("withdrawal", amount_minor=1)
+    await handle(worker_env.deps, withdrawal)
+    assert worker_env.status(txn) == "rejected"
+    assert a.calls == []
+    assert worker_env.query("SELECT failure_code FROM transactions WHERE id = %s", txn) == [
+        ("insufficient_funds",)
+    ]
+    assert worker_env.outcomes(txn) == [("rejected", 2)]
+
+
+async def test_no_gateway_for_the_country_is_rejected(worker_env: WorkerEnv) -> None:
+    txn, record = worker_env.command(country="JP")
+    await handle(worker_env.deps, record)
+    assert worker_env.status(txn) == "rejected"
+    assert worker_env.query("SELECT failure_code FROM transactions WHERE id = %s", txn) == [
+        ("no_gateway_available",)
+    ]
+
+
+async def test_same_key_other_payload_is_a_dead_letter(worker_env: WorkerEnv) -> None:
+    worker_env.gateway("gw_a", ok)
+    txn, first = worker_env.command(key="same", amount_minor=100)
+    _, second = worker_env.command(key="same", amount_minor=999)
+    await handle(worker_env.deps, first)
+    await handle(worker_env.deps, second)
+    assert worker_env.query("SELECT amount_minor FROM transactions WHERE id = %s", txn) == [(100,)]
+    [(_, reason)] = worker_env.dead.records
+    assert reason.startswith("idempotency_conflict")
+
+
+async def test_poison_records_go_to_dead_letters(worker_env: WorkerEnv) -> None:
+    worker_env.gateway("gw_a", ok)
+    _, good = worker_env.command()
+    poisons = [
+        RawRecord("commands", 0, 100, b"k", b"not json", good.headers),
+        RawRecord("commands", 0, 101, b"k", b"{}", [("ce_type", b"paystream.deposit.requested.v1")]),
+        RawRecord("commands", 0, 102, good.key, good.value,
+                  [(k, b"paystream.transaction.succeeded.v1" if k == "ce_type" else v)
+                   for k, v in good.headers]),
+    ]  # fmt: skip
+    _, unknown_tenant = worker_env.command(tenant=uuid.uuid4())
+    for record in [*poisons, unknown_tenant]:
+        await handle(worker_env.deps, record)
+    reasons = [reason for _, reason in worker_env.dead.records]
+    assert len(reasons) == 4
+    assert all(r.startswith("invalid_event") for r in reasons[:3]), reasons
+    assert reasons[3].startswith("unknown_tenant")
+    assert [r.offset for r, _ in worker_env.dead.records] == [100, 101, 102, unknown_tenant.offset]
+    # The partition keeps moving: the good command behind them is processed.
+    await handle(worker_env.deps, good)
+    assert len(worker_env.query("SELECT 1 FROM transactions")) == 1
+
+
+async def test_a_started_attempt_is_redone_with_the_same_key(worker_env: WorkerEnv) -> None:
+    """A crash after recording the attempt and before recording its result."""
+    a = worker_env.gateway("gw_a", ok)
+    txn, record = worker_env.command()
+
+    def crash(request: PaymentRequest) -> Outcome:
+        raise RuntimeError("process killed mid-call")
+
+    worker_env.gateway("gw_a", crash)
+    accepted = await intake(worker_env.deps, record)
+    assert accepted is not None
+    with pytest.raises(RuntimeError):
+        await execute(worker_env.deps, accepted.tenant_id, accepted.transaction_id)
+    assert worker_env.query("SELECT status FROM attempts WHERE transaction_id = %s", txn) == [
+        ("started",)
+    ]
+    worker_env.gateway("gw_a", ok)
+    await handle(worker_env.deps, record)  # the redelivery
+    assert worker_env.status(txn) == "succeeded"
+    assert a.calls[-1] == f"ps-{txn}-1", "same attempt, same idempotency key"
+    assert worker_env.query("SELECT count(*) FROM attempts WHERE transaction_id = %s", txn) == [
+        (1,)
+    ]
