@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from paystream_gateway_worker.deps import RawRecord
 from paystream_gateway_worker.commands import intake
+from paystream_gateway_worker.deps import RawRecord
 from paystream_gateway_worker.execution import execute
 from paystream_gateway_worker.handler import handle
 from paystream_gateways.protocol import Outcome, PaymentRequest, Succeeded
@@ -84,7 +84,9 @@ async def test_poison_records_go_to_dead_letters(worker_env: WorkerEnv) -> None:
     _, good = worker_env.command()
     poisons = [
         RawRecord("commands", 0, 100, b"k", b"not json", good.headers),
-        RawRecord("commands", 0, 101, b"k", b"{}", [("ce_type", b"paystream.deposit.requested.v1")]),
+        RawRecord(
+            "commands", 0, 101, b"k", b"{}", [("ce_type", b"paystream.deposit.requested.v1")]
+        ),
         RawRecord("commands", 0, 102, good.key, good.value,
                   [(k, b"paystream.transaction.succeeded.v1" if k == "ce_type" else v)
                    for k, v in good.headers]),
