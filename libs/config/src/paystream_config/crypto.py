@@ -21,7 +21,7 @@ import re
 import secrets
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KEY_BYTES = 32
@@ -72,14 +72,17 @@ class KeyRingSettings(BaseSettings):
         _parse(value.get_secret_value())
         return value
 
-    @model_validator(mode="after")
-    def _active_is_in_ring(self) -> KeyRingSettings:
-        if self.active_key_id not in self.key_ids:
-            raise ValueError(
-                f"PAYSTREAM_ACTIVE_KEY_ID {self.active_key_id!r} is not in PAYSTREAM_KEYRING"
-                f" (key ids: {', '.join(self.key_ids)})"
-            )
-        return self
+    @field_validator("active_key_id")
+    @classmethod
+    def _active_is_in_ring(cls, value: str, info: ValidationInfo) -> str:
+        ring = info.data.get("keyring")
+        if isinstance(ring, SecretStr):  # absent when the ring itself failed validation
+            kids = list(_parse(ring.get_secret_value()))
+            if value not in kids:
+                raise ValueError(
+                    f"{value!r} is not in PAYSTREAM_KEYRING (key ids: {', '.join(kids)})"
+                )
+        return value
 
     @property
     def key_ids(self) -> list[str]:

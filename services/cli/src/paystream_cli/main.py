@@ -297,5 +297,15 @@ def bench_ingest(total: int, concurrency: int, server: str, workers: int, home: 
     bench_module.run(home.absolute(), total, concurrency, server, workers)
 
 
+def _register_gateway_commands() -> None:
+    from paystream_cli.commands_gateways import connections, keys, sandbox
+
+    cli.add_command(connections)
+    cli.add_command(keys)
+    cli.add_command(sandbox)
+
+
+_register_gateway_commands()
+
 if __name__ == "__main__":
     cli()
