@@ -1,14 +1,16 @@
 """`paystream dev`: the whole stack on one machine, on embedded defaults.
 
 Starts (or reuses, when PAYSTREAM_KAFKA_BOOTSTRAP / PAYSTREAM_DATABASE_URL are set) Kafka
-and PostgreSQL, migrates, creates topics, seeds a demo tenant and routing, runs every
-paystream service as a child process, writes `.paystream/dev.env`, and on Ctrl-C or
-SIGTERM stops everything it started.
+and PostgreSQL, migrates, creates topics, seeds a demo tenant, routing and sandbox
+connections, runs every paystream service as a supervised child process (restarted when
+it dies, as an orchestrator would), writes `.paystream/dev.env`, and on Ctrl-C or SIGTERM
+stops everything it started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -17,16 +19,19 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from paystream_cli import demo_connections
 from paystream_cli.infra import open_infra
 from paystream_config import DatabaseSettings, KafkaSettings
-from paystream_config.crypto import ensure_dev_keyring
+from paystream_config.crypto import KeyRingSettings, ensure_dev_keyring
 from paystream_devinfra import ChildProcess
+from paystream_gateways.credentials import KeyRing
 from paystream_messaging.topics import ensure_topics
 from paystream_storage import migrate
 from paystream_storage.db import create_engine, sessionmaker
@@ -42,21 +47,33 @@ from paystream_storage.tenants import (
 log = logging.getLogger(__name__)
 
 DEMO_TENANT = "demo"
-
-# Services that exist so far: name -> paystream arguments.
-SERVICES: dict[str, list[str]] = {
-    "relay": ["worker", "relay"],
-    "ingest-api": ["serve", "ingest-api"],
-}
-
-# Where the HTTP services listen (the ingest API, callback ingress and provider sandbox
-# arrive with their own issues; the URLs are fixed now so dev.env keeps one shape).
 HTTP_PORTS = {
     name: int(os.environ.get(f"PAYSTREAM_DEV_{name}_PORT", default))
     for name, default in (("API", 8000), ("CALLBACK", 8001), ("SANDBOX", 8002))
 }
-# Service -> the URL that answers once it is ready.
-READY_URLS = {"ingest-api": f"http://127.0.0.1:{HTTP_PORTS['API']}/healthz"}
+URLS = {name: f"http://127.0.0.1:{port}" for name, port in HTTP_PORTS.items()}
+# A service restarted more often than this within a minute is crash-looping: stop.
+MAX_RESTARTS_PER_MINUTE = 5
+
+
+@dataclass
+class Service:
+    name: str
+    args: list[str]
+    ready_url: str | None = None
+    child: ChildProcess | None = None
+    restarts: collections.deque[float] = field(default_factory=collections.deque)
+
+
+def services() -> list[Service]:
+    """In start order. The sandbox comes first: the demo connections point at it."""
+    return [
+        Service("sandbox", ["sandbox", "--port", str(HTTP_PORTS["SANDBOX"])],
+                f"{URLS['SANDBOX']}/_sandbox/health"),
+        Service("ingest-api", ["serve", "ingest-api"], f"{URLS['API']}/healthz"),
+        Service("gateway-worker", ["worker", "gateway"]),
+        Service("relay", ["worker", "relay"]),
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,17 +84,21 @@ class DevStack:
     demo: IssuedKey
 
 
-async def _seed_demo(db: DatabaseSettings) -> IssuedKey:
-    """Routing config plus the demo tenant; a fresh demo key each start (old ones revoked)."""
+class DevStartError(RuntimeError):
+    pass
+
+
+async def _owner_session_run(db: DatabaseSettings, action: object) -> object:
     engine = create_engine(db)
     try:
         async with sessionmaker(engine)() as session, session.begin():
-            return await _seed(session)
+            return await action(session)  # type: ignore[operator]
     finally:
         await engine.dispose()
 
 
 async def _seed(session: AsyncSession) -> IssuedKey:
+    """Routing config plus the demo tenant; a fresh demo key each start (old ones revoked)."""
     await seed_routing(session)
     tenant = await tenant_by_name(session, DEMO_TENANT)
     if tenant is None:
@@ -94,10 +115,9 @@ def write_dev_env(path: Path, stack: DevStack, running: list[str]) -> None:
         f"PAYSTREAM_TOPIC_PREFIX={stack.topic_prefix}",
         f"PAYSTREAM_DEMO_TENANT_ID={stack.demo.tenant_id}",
         f"PAYSTREAM_DEMO_API_KEY={stack.demo.api_key}",
-        f"# Services running: {', '.join(running)}. The callback and sandbox URLs are reserved",
-        "# for services that are not part of the stack yet.",
+        f"# Services running: {', '.join(running)}.",
     ]
-    lines += [f"PAYSTREAM_{name}_URL=http://127.0.0.1:{port}" for name, port in HTTP_PORTS.items()]
+    lines += [f"PAYSTREAM_{name}_URL={url}" for name, url in URLS.items()]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.chmod(tmp, 0o600)  # holds an API key
@@ -122,87 +142,118 @@ def run(home: Path) -> int:
 
     with contextlib.ExitStack() as stack:
         infra = open_infra(stack, home)
-        bootstrap, database_url = infra.kafka_bootstrap, infra.database_url
         if stop.is_set():
             return 0
-
-        kafka_settings = KafkaSettings(kafka_bootstrap=bootstrap)
-        db_settings = DatabaseSettings(database_url=database_url)
-        migrate.upgrade(db_settings.sqlalchemy_url)
+        kafka_settings = KafkaSettings(kafka_bootstrap=infra.kafka_bootstrap)
+        db = DatabaseSettings(database_url=infra.database_url)
+        migrate.upgrade(db.sqlalchemy_url)
         ensure_topics(kafka_settings)
-        demo = asyncio.run(_seed_demo(db_settings))
-        dev = DevStack(bootstrap, database_url, kafka_settings.topic_prefix, demo)
-
-        keyring = ensure_dev_keyring(home)
-        service_env = {
+        demo = asyncio.run(_owner_session_run(db, _seed))
+        assert isinstance(demo, IssuedKey)
+        dev = DevStack(infra.kafka_bootstrap, infra.database_url, kafka_settings.topic_prefix, demo)
+        keyring_settings = ensure_dev_keyring(home)
+        env = {
             **os.environ,
-            **keyring.environment_with_key_material(),
-            "PAYSTREAM_KAFKA_BOOTSTRAP": bootstrap,
-            "PAYSTREAM_DATABASE_URL": database_url,
+            **keyring_settings.environment_with_key_material(),
+            "PAYSTREAM_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
+            "PAYSTREAM_DATABASE_URL": infra.database_url,
             "PAYSTREAM_TOPIC_PREFIX": kafka_settings.topic_prefix,
             "PAYSTREAM_INGEST_PORT": str(HTTP_PORTS["API"]),
+            "PAYSTREAM_CALLBACK_PORT": str(HTTP_PORTS["CALLBACK"]),
         }
-        children: dict[str, ChildProcess] = {}
-        for name, args in SERVICES.items():
-            child = ChildProcess(
-                [sys.executable, "-m", "paystream_cli.main", *args],
-                log_path=logs / f"{name}.log",
-                name=name,
-                env=service_env,
-            )
-            child.start()
-            stack.callback(child.stop, 15.0)
-            children[name] = child
-
-        for name, url in READY_URLS.items():
-            _wait_ready(name, url, children[name], stop)
+        running = services()
+        for service in running:
+            _start(service, env, logs)
+            stack.callback(_stop, service)
+            if service.ready_url:
+                _wait_ready(service, stop)
+            if service.name == "sandbox" and not stop.is_set():
+                _provision(db, keyring_settings, demo.tenant_id)
         if stop.is_set():
             return 0
-        write_dev_env(env_file, dev, list(children))
+        write_dev_env(env_file, dev, [s.name for s in running])
         stack.callback(env_file.unlink, missing_ok=True)
-        _print_summary(dev, children, env_file, logs)
+        _print_summary(dev, running, env_file, logs)
 
         while not stop.wait(0.5):
-            for name, child in children.items():
-                if child.poll() is not None:
-                    log.error("dev: %s exited with %s", name, child.returncode)
-                    print(child.describe_failure("exited unexpectedly", name), file=sys.stderr)
+            for service in running:
+                assert service.child is not None
+                if service.child.poll() is None:
+                    continue
+                code = service.child.returncode
+                now = time.monotonic()
+                while service.restarts and now - service.restarts[0] > 60:
+                    service.restarts.popleft()
+                if len(service.restarts) >= MAX_RESTARTS_PER_MINUTE:
+                    print(service.child.describe_failure("keeps crashing", service.name),
+                          file=sys.stderr)  # fmt: skip
                     return 1
+                log.warning("dev: %s exited with %s; restarting it", service.name, code)
+                service.restarts.append(now)
+                _start(service, env, logs)
     log.info("dev: stopped")
     return 0
 
 
-def _wait_ready(name: str, url: str, child: ChildProcess, stop: threading.Event) -> None:
-    """Until `url` answers 200; a child that dies first is a startup failure."""
+def _provision(db: DatabaseSettings, keyring_settings: KeyRingSettings, tenant: uuid.UUID) -> None:
+    ring = KeyRing.from_settings(keyring_settings)
+
+    async def action(session: AsyncSession) -> dict[str, uuid.UUID]:
+        return await demo_connections.provision(
+            session, ring, tenant, sandbox_url=URLS["SANDBOX"], callback_url=URLS["CALLBACK"]
+        )
+
+    asyncio.run(_owner_session_run(db, action))
+
+
+def _start(service: Service, env: dict[str, str], logs: Path) -> None:
+    service.child = ChildProcess(
+        [sys.executable, "-m", "paystream_cli.main", *service.args],
+        log_path=logs / f"{service.name}.log",
+        name=service.name,
+        env=env,
+    )
+    service.child.start()
+
+
+def _stop(service: Service) -> None:
+    if service.child is not None:
+        service.child.stop(15.0)
+
+
+def _wait_ready(service: Service, stop: threading.Event) -> None:
+    """Until its URL answers 200; a child that dies first is a startup failure."""
+    assert service.child is not None
+    assert service.ready_url is not None
     deadline = time.monotonic() + 60
     while not stop.is_set():
-        if child.poll() is not None:
-            raise DevStartError(child.describe_failure("exited during startup", name))
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our URL
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
+        if service.child.poll() is not None:
+            raise DevStartError(
+                service.child.describe_failure("exited during startup", service.name)
+            )
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(service.ready_url, timeout=1) as response,  # noqa: S310
+        ):
+            if response.status == 200:
+                return
         if time.monotonic() > deadline:
-            raise DevStartError(child.describe_failure(f"not ready at {url} after 60 s", name))
+            raise DevStartError(
+                service.child.describe_failure(f"not ready at {service.ready_url}", service.name)
+            )
         stop.wait(0.1)
 
 
-class DevStartError(RuntimeError):
-    pass
-
-
-def _print_summary(
-    dev: DevStack, children: dict[str, ChildProcess], env_file: Path, logs: Path
-) -> None:
+def _print_summary(dev: DevStack, running: list[Service], env_file: Path, logs: Path) -> None:
     rows = [
         ("kafka", dev.kafka_bootstrap),
         ("postgresql", dev.database_url),
         ("topics", f"{dev.topic_prefix}.{{commands,callbacks,outcomes,dead-letters}}"),
         ("demo tenant", str(dev.demo.tenant_id)),
+        ("ingest API", URLS["API"]),
+        ("sandbox", f"{URLS['SANDBOX']} (admin: /_sandbox)"),
     ]
-    rows += [(name, f"pid {child.pid}, log {child.log_path}") for name, child in children.items()]
+    rows += [(s.name, f"pid {s.child.pid}, log {s.child.log_path}") for s in running if s.child]
     width = max(len(name) for name, _ in rows)
     print("paystream dev is running:", flush=True)
     for name, where in rows:

@@ -15,6 +15,7 @@ from paystream_gateway_worker.resilience import Breakers
 from paystream_gateway_worker.settings import GatewayWorkerSettings
 from paystream_gateways.credentials import KeyRing
 from paystream_gateways.manager import DbConnectionSource, GatewayManager
+from paystream_gateways.protocol import ClientOptions
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.kafka_config import producer_config
@@ -34,7 +35,14 @@ def build_deps_factory(
             settings=settings,
             sessions=sessions,
             registry=SchemaRegistry(),
-            gateways=GatewayManager(DbConnectionSource(sessions), ring),
+            gateways=GatewayManager(
+                DbConnectionSource(sessions),
+                ring,
+                options=ClientOptions(
+                    connect_timeout_s=settings.gateway_connect_timeout_s,
+                    read_timeout_s=settings.gateway_read_timeout_s,
+                ),
+            ),
             keyring=ring,
             dead_letters=KafkaDeadLetters(publisher, settings.topic(topics.DEAD_LETTERS)),
             breakers=Breakers(settings.breaker_fail_max, settings.breaker_reset_timeout_s),

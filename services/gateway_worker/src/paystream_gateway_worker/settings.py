@@ -18,6 +18,10 @@ class GatewayWorkerSettings(KafkaSettings, DatabaseSettings):
     worker_retry_max_s: float = Field(default=5.0, gt=0, le=300)
     breaker_fail_max: int = Field(default=5, ge=1, le=1000)
     breaker_reset_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    # Provider calls: connecting is cheap to bound; once sent, a timeout is ambiguous, so
+    # keep the read timeout above the providers' p99.
+    gateway_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    gateway_read_timeout_s: float = Field(default=15.0, gt=0, le=300)
     worker_web_port: int = Field(default=0, ge=0, le=65535, description="0: no health server")
     # A consumer that has records to process but makes no progress for this long is
     # reported unhealthy by /healthz, so an orchestrator restarts it.
