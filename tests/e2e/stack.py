@@ -1,0 +1,144 @@
+"""A running `paystream dev` stack for end-to-end tests, and what tests do with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+
+from tests.support.asgi_server import free_port
+from tests.support.databases import libpq
+from tests.support.polling import wait_for
+
+CURRENCY = {"DE": "EUR", "FR": "EUR", "GB": "GBP", "US": "USD", "BR": "BRL", "NG": "NGN"}
+TERMINAL = {"succeeded", "failed", "rejected"}
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    home: Path
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.env["PAYSTREAM_API_URL"], timeout=30)
+        self.sandbox = httpx.Client(
+            base_url=self.env["PAYSTREAM_SANDBOX_URL"] + "/_sandbox", timeout=30
+        )
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.env['PAYSTREAM_DEMO_API_KEY']}"}
+
+    def deposit(self, country: str, *, account: str | None = None, amount: str = "10.00",
+                key: str | None = None, metadata: dict[str, str] | None = None,
+                kind: str = "deposits", **extra: Any) -> uuid.UUID:  # fmt: skip
+        body: dict[str, Any] = {
+            "account_id": account or f"acct-{uuid.uuid4().hex[:8]}",
+            "country": country,
+            "amount": amount,
+            "currency": CURRENCY[country],
+            "payment_method": "pm_card_visa",
+            **extra,
+        }
+        if metadata:
+            body["metadata"] = metadata
+        headers = {**self.auth, "Idempotency-Key": key or str(uuid.uuid4())}
+        response = self.client.post(f"/v1/{kind}", json=body, headers=headers)
+        assert response.status_code == 202, response.text
+        return uuid.UUID(response.json()["transaction_id"])
+
+    def snapshot(self, txn: uuid.UUID) -> dict[str, Any] | None:
+        response = self.client.get(f"/v1/transactions/{txn}", headers=self.auth)
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_status(
+        self, txn: uuid.UUID, statuses: set[str], timeout: float = 60
+    ) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            snap = self.snapshot(txn)
+            return snap if snap is not None and snap["status"] in statuses else None
+
+        return wait_for(reached, timeout=timeout, interval=0.1, what=f"{txn} in {statuses}")
+
+    def faults(self, provider: str, **faults: Any) -> None:
+        self.sandbox.put(f"/faults/{provider}", json=faults).raise_for_status()
+
+    def ledger(self, **filters: str) -> list[dict[str, Any]]:
+        response = self.sandbox.get("/ledger", params=filters)
+        response.raise_for_status()
+        body = response.json()
+        return list(body["data"])
+
+    def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        with psycopg.connect(libpq(self.env["PAYSTREAM_DATABASE_URL"])) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def service_pid(self, fragment: str) -> int:
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            if fragment in " ".join(child.cmdline()):
+                return int(child.pid)
+        raise AssertionError(f"no running service matching {fragment!r}")
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs if not k.startswith("#")}
+
+
+@contextmanager
+def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
+    """`paystream dev` on embedded servers with test-friendly timings; SIGTERM at the end."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_DATABASE_URL")}  # fmt: skip
+    env.update(
+        PAYSTREAM_HOME=str(tmp / "home"),
+        PAYSTREAM_DEV_API_PORT=str(free_port()),
+        PAYSTREAM_DEV_CALLBACK_PORT=str(free_port()),
+        PAYSTREAM_DEV_SANDBOX_PORT=str(free_port()),
+        PAYSTREAM_BREAKER_FAIL_MAX="3",
+        PAYSTREAM_BREAKER_RESET_TIMEOUT_S="3",
+        PAYSTREAM_GATEWAY_READ_TIMEOUT_S="2",
+        PAYSTREAM_WORKER_RETRY_ATTEMPTS="2",
+        PAYSTREAM_WORKER_RETRY_BASE_S="0.05",
+        PAYSTREAM_SANDBOX_TIMEOUT_HOLD_MS="3000",
+        PAYSTREAM_SANDBOX_CALLBACK_DELAY_MS="50",
+        **settings,
+    )
+    log = (tmp / "dev.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paystream_cli.main", "dev"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    dev_env = tmp / "home" / "dev.env"
+    try:
+        started = time.monotonic()
+        wait_for(lambda: dev_env.exists() or process.poll() is not None, timeout=180, what="dev")
+        assert process.poll() is None, (tmp / "dev.log").read_text()[-3000:]
+        print(f"\nstack up in {time.monotonic() - started:.1f}s")
+        yield Stack(process, _read_env(dev_env), tmp / "home")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        log.close()
