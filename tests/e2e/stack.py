@@ -93,8 +93,11 @@ class Stack:
 
     def service_pid(self, fragment: str) -> int:
         for child in psutil.Process(self.process.pid).children(recursive=True):
-            if fragment in " ".join(child.cmdline()):
-                return int(child.pid)
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and fragment in " ".join(child.cmdline()):
+                    return int(child.pid)
+            except psutil.Error:  # exited while we looked
+                continue
         raise AssertionError(f"no running service matching {fragment!r}")
 
 
