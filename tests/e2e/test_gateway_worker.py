@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -51,7 +50,7 @@ def test_down_gateway_falls_back_and_the_breaker_cycles(stack: Stack) -> None:
     # After the reset timeout (3 s) a trial call goes through and closes the breaker.
     def routed_to_jsonpay() -> bool:
         snap = stack.wait_status(stack.deposit("GB"), {"succeeded", "failed"})
-        return snap["gateway"] == "jsonpay"
+        return bool(snap["gateway"] == "jsonpay")
 
     from tests.support.polling import wait_for
 
@@ -105,7 +104,12 @@ def test_poison_records_are_dead_lettered_and_the_partition_moves(stack: Stack) 
         (b"{}", [(k, v) for k, v in ce if k != "ce_type"]),  # missing attribute
     ]
     for value, headers in poisons:
-        producer.produce(f"{prefix}.commands", key=account.encode(), value=value, headers=headers)
+        producer.produce(
+            f"{prefix}.commands",
+            key=account.encode(),
+            value=value,
+            headers=list[tuple[str, str | bytes | None]](headers),
+        )
     producer.flush(10)
     good = stack.deposit("DE", account=account)
     assert stack.wait_status(good, {"succeeded"})["status"] == "succeeded"

@@ -68,6 +68,19 @@ def _seed_tenant(conn: psycopg.Connection[tuple[object, ...]], name: str) -> uui
         " VALUES (%s, %s, 'stripe', 'accepted', '{}', '')",
         (t, conn_id),
     )
+    conn.execute(
+        "INSERT INTO parked_callbacks (tenant_id, connection_id, gateway_code, provider_event_id,"
+        " body, body_encoding, received_at) VALUES (%s, %s, 'stripe', 'evt_1', '', 'utf-8', now())",
+        (t, conn_id),
+    )
+    conn.execute(
+        "INSERT INTO anomalies (tenant_id, transaction_id, source, kind, detail)"
+        " VALUES (%s, %s, 'callback', 'contradiction', 'x')",
+        (t, txn),
+    )
+    conn.execute(
+        "INSERT INTO reconciliations (transaction_id, tenant_id) VALUES (%s, %s)", (txn, t)
+    )
     return t
 
 

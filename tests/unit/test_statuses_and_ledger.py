@@ -19,6 +19,8 @@ def test_no_move_backwards() -> None:
     assert not can_move(Status.PENDING, Status.PROCESSING)
     assert not can_move(Status.PROCESSING, Status.RECEIVED)
     assert not can_move(Status.PENDING, Status.PENDING)
+    assert not can_move(Status.PENDING, Status.ACTION_REQUIRED), "late 3-D Secure callback"
+    assert not can_move(Status.PENDING, Status.UNKNOWN)
 
 
 def test_forward_moves() -> None:

@@ -18,7 +18,7 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     "UAH": 2, "UGX": 0, "USD": 2, "VND": 0, "XAF": 0, "XOF": 0, "ZAR": 2,
 }  # fmt: skip
 
-_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,3})?$")
+_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,18})(\.[0-9]{1,3})?$")
 
 
 # amount_minor is a PostgreSQL bigint and a JSON Schema integer bounded to the same range.

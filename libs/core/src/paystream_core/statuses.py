@@ -27,20 +27,23 @@ class Status(StrEnum):
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.REJECTED})
 
+# unknown < action_required < pending: an unknown attempt may turn out to wait for the
+# customer or the provider; a customer who completed 3-D Secure leaves action_required for
+# pending; a late "action required" never pulls a pending payment back.
 _RANK = {
     Status.RECEIVED: 0,
     Status.PROCESSING: 1,
-    Status.ACTION_REQUIRED: 2,
-    Status.PENDING: 2,
     Status.UNKNOWN: 2,
-    Status.SUCCEEDED: 3,
-    Status.FAILED: 3,
-    Status.REJECTED: 3,
+    Status.ACTION_REQUIRED: 3,
+    Status.PENDING: 4,
+    Status.SUCCEEDED: 5,
+    Status.FAILED: 5,
+    Status.REJECTED: 5,
 }
 
 
 def can_move(current: Status, new: Status) -> bool:
-    """Forward moves only; terminal statuses absorb; the middle statuses may swap."""
+    """Forward moves only; terminal statuses absorb."""
     if current.terminal:
         return False
     if current == Status.RECEIVED and new in TERMINAL - {Status.REJECTED}:

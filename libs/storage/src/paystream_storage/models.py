@@ -50,6 +50,9 @@ TENANT_TABLES = (
     "outbox",
     "inbox",
     "callback_log",
+    "parked_callbacks",
+    "anomalies",
+    "reconciliations",
 )
 
 
@@ -294,6 +297,66 @@ class CallbackLog(Base):
     headers: Mapped[dict[str, str]] = mapped_column(JSONB)
     body: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = _now()
+
+
+class ParkedCallback(Base):
+    """A verified callback whose attempt is not known yet (orphan): applied once it is."""
+
+    __tablename__ = "parked_callbacks"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "provider_event_id"),
+        Index(None, "resolved_at", "next_try_at"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    connection_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("connections.id"))
+    gateway_code: Mapped[str] = mapped_column(String(64))
+    provider_event_id: Mapped[str] = mapped_column(String(255))
+    provider_reference: Mapped[str | None] = mapped_column(String(255))
+    reference: Mapped[str | None] = mapped_column(String(255))
+    # The body exactly as published by the ingress (`body_encoding`: utf-8 or base64).
+    body: Mapped[str] = mapped_column(Text)
+    body_encoding: Mapped[str] = mapped_column(String(8))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    parked_at: Mapped[datetime] = _now()
+    tries: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_try_at: Mapped[datetime] = _now()
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolution: Mapped[str | None] = mapped_column(String(32))
+
+
+class Anomaly(Base):
+    """A provider report that contradicts what we recorded (kept, counted, alerted on)."""
+
+    __tablename__ = "anomalies"
+    __table_args__ = (Index(None, "tenant_id", "created_at"),)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    transaction_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("transactions.id"))
+    connection_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("connections.id"))
+    source: Mapped[str] = mapped_column(String(32))  # callback | reconciler
+    kind: Mapped[str] = mapped_column(String(64))
+    provider_event_id: Mapped[str | None] = mapped_column(String(255))
+    transaction_status: Mapped[str | None] = mapped_column(String(24))
+    reported_status: Mapped[str | None] = mapped_column(String(24))
+    detail: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+
+class Reconciliation(Base):
+    """The reconciler's bookkeeping per transaction: lookups made, when to look next."""
+
+    __tablename__ = "reconciliations"
+    transaction_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("transactions.id"), primary_key=True
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    lookups: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_lookup_at: Mapped[datetime] = _now()
+    last_lookup_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_result: Mapped[str | None] = mapped_column(Text)
+    # Set when the transaction passed the unresolved horizon and was reported.
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 OUTBOX_SHARDS = 16

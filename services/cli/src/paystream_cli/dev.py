@@ -70,8 +70,11 @@ def services() -> list[Service]:
     return [
         Service("sandbox", ["sandbox", "--port", str(HTTP_PORTS["SANDBOX"])],
                 f"{URLS['SANDBOX']}/_sandbox/health"),
+        Service("callback-ingress", ["serve", "callback-ingress"], f"{URLS['CALLBACK']}/readyz"),
+        Service("callback-worker", ["worker", "callback"]),
         Service("ingest-api", ["serve", "ingest-api"], f"{URLS['API']}/healthz"),
         Service("gateway-worker", ["worker", "gateway"]),
+        Service("reconciler", ["worker", "reconciler"]),
         Service("relay", ["worker", "relay"]),
     ]  # fmt: skip
 
@@ -160,6 +163,10 @@ def run(home: Path) -> int:
             "PAYSTREAM_TOPIC_PREFIX": kafka_settings.topic_prefix,
             "PAYSTREAM_INGEST_PORT": str(HTTP_PORTS["API"]),
             "PAYSTREAM_CALLBACK_PORT": str(HTTP_PORTS["CALLBACK"]),
+            # Demo-friendly: look up what is still pending after 10 s, not minutes.
+            "PAYSTREAM_RECONCILER_PENDING_AGE_S": os.environ.get(
+                "PAYSTREAM_RECONCILER_PENDING_AGE_S", "10"
+            ),
         }
         running = services()
         for service in running:

@@ -297,15 +297,41 @@ def bench_ingest(total: int, concurrency: int, server: str, workers: int, home: 
     bench_module.run(home.absolute(), total, concurrency, server, workers)
 
 
-def _register_gateway_commands() -> None:
+@bench.command("worker")
+@click.option("--commands", default=2000, show_default=True)
+@click.option("--latency-ms", default=0, show_default=True, help="Sandbox provider latency.")
+@click.option("--concurrency", default=32, show_default=True, help="Worker concurrency.")
+@click.option("--workers", default=1, show_default=True, help="Gateway worker processes.")
+@click.option("--rate", type=float, default=None, help="Commands/s to send (default: at once).")
+def bench_worker(
+    commands: int, latency_ms: int, concurrency: int, workers: int, rate: float | None
+) -> None:
+    """Commands/s through the gateway worker and command -> outcome latency percentiles."""
+    from paystream_cli import bench_worker as bench_module
+
+    logs.setup("bench")
+    bench_module.run(commands, latency_ms, concurrency, workers, rate)
+
+
+def _register_commands() -> None:
+    from paystream_cli.commands_callbacks import (
+        serve_callback_ingress,
+        transactions,
+        worker_callback,
+        worker_reconciler,
+    )
     from paystream_cli.commands_gateways import connections, keys, sandbox
 
     cli.add_command(connections)
     cli.add_command(keys)
     cli.add_command(sandbox)
+    cli.add_command(transactions)
+    serve.add_command(serve_callback_ingress)
+    worker.add_command(worker_callback)
+    worker.add_command(worker_reconciler)
 
 
-_register_gateway_commands()
+_register_commands()
 
 if __name__ == "__main__":
     cli()

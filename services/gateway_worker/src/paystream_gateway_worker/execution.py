@@ -48,12 +48,14 @@ _CODE = re.compile(r"[^a-z0-9_.]+")
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """The attempt to make now: a new one or the unfinished one to redo."""
+    """The attempt to make now (a new one or the unfinished one to redo) and its request."""
 
     seq: int
     gateway: str
     connection_id: uuid.UUID
     new: bool
+    request: PaymentRequest
+    kind: TransactionType
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,16 @@ async def execute(deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID) -> 
 
 
 async def _next_plan(deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID) -> _Plan | None:
+    for _ in range(3):
+        try:
+            return await _plan_once(deps, tenant_id, txn_id)
+        except IntegrityError:
+            # Another worker (a redelivery racing this one) recorded the attempt: read it.
+            continue
+    return await _plan_once(deps, tenant_id, txn_id)
+
+
+async def _plan_once(deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID) -> _Plan | None:
     async with tenant_session(deps.sessions, tenant_id) as session:
         txn = await lock_transaction(session, txn_id)
         if txn is None or txn.status != Status.PROCESSING:
@@ -99,7 +111,7 @@ async def _next_plan(deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID) 
         )
         if attempts and attempts[-1].status == "started":
             last = attempts[-1]
-            return _Plan(last.seq, last.gateway_code, last.connection_id, new=False)
+            return _plan(deps, txn, last.seq, last.gateway_code, last.connection_id, new=False)
         tried = {a.gateway_code for a in attempts}
         routes = await routing.candidates(
             session,
@@ -133,41 +145,32 @@ async def _next_plan(deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID) 
                 status="started",
             )
         )
-        try:
-            await session.flush()
-        except IntegrityError:
-            # Another worker (a redelivery racing us) recorded this attempt: follow it.
-            await session.rollback()
-            return await _next_plan(deps, tenant_id, txn_id)
-        return _Plan(seq, route.gateway, route.connection_id, new=True)
+        await session.flush()  # IntegrityError if a racing worker recorded this seq first
+        return _plan(deps, txn, seq, route.gateway, route.connection_id, new=True)
 
 
-async def _request(
-    deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID, seq: int
-) -> tuple[PaymentRequest, TransactionType]:
-    async with tenant_session(deps.sessions, tenant_id) as session:
-        txn = await session.get(Transaction, txn_id)
-        assert txn is not None
-        kind = TransactionType(txn.type)
-        request = PaymentRequest.for_attempt(
-            txn_id,
-            seq,
-            account_id=txn.account_id,
-            amount_minor=txn.amount_minor,
-            currency=txn.currency,
-            country=txn.country,
-            payment_method=txn.payment_method,
-            destination=destination_of(deps, txn),
-            metadata=txn.metadata_,
-            tenant_id=tenant_id,
-        )
-    return request, kind
+def _plan(
+    deps: WorkerDeps, txn: Transaction, seq: int, gateway: str, connection: uuid.UUID, *, new: bool
+) -> _Plan:
+    request = PaymentRequest.for_attempt(
+        txn.id,
+        seq,
+        account_id=txn.account_id,
+        amount_minor=txn.amount_minor,
+        currency=txn.currency,
+        country=txn.country,
+        payment_method=txn.payment_method,
+        destination=destination_of(deps, txn),
+        metadata=txn.metadata_,
+        tenant_id=txn.tenant_id,
+    )
+    return _Plan(seq, gateway, connection, new, request, TransactionType(txn.type))
 
 
 async def _call(
     deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID, plan: _Plan
 ) -> Outcome | _Skip | Ambiguous:
-    request, kind = await _request(deps, tenant_id, txn_id, plan.seq)
+    request, kind = plan.request, plan.kind
     gateway = await deps.gateways.get(tenant_id, plan.connection_id)
     breaker = deps.breakers.of(plan.gateway)
     operation = gateway.deposit if kind == TransactionType.DEPOSIT else gateway.withdraw

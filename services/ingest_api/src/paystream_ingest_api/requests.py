@@ -39,7 +39,7 @@ class DepositRequest(_Strict):
     amount: str = Field(
         description="Decimal string, > 0, no more fraction digits than the currency has.",
         examples=["100.00"],
-        json_schema_extra={"pattern": r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,3})?$"},
+        json_schema_extra={"pattern": r"^(0|[1-9][0-9]{0,18})(\.[0-9]{1,3})?$"},
     )
     currency: str = Field(
         description="ISO 4217 code.",

@@ -1,0 +1,278 @@
+"""The callback ingress: verify, publish, answer; every callback kept in the callback log.
+
+A 2xx is sent only once Kafka acknowledged the record, so a callback the provider was told
+we have is never lost; a Kafka outage answers 503 and the provider retries later. Nothing
+about a callback is acted on here: the callback worker does that from the topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from paystream_callback_ingress.deps import IngressDeps
+from paystream_callback_ingress.problems import Problem
+from paystream_gateways.callbacks import callback_gateway
+from paystream_gateways.errors import CallbackRejected, ConnectionNotFound, GatewaySetupError
+from paystream_gateways.protocol import CallbackEvent
+from paystream_messaging import topics
+from paystream_messaging.async_publisher import PublishFailed
+from paystream_messaging.callbacks import CallbackReceived
+from paystream_messaging.cloudevents_codec import encode
+from paystream_storage.db import tenant_session
+from paystream_storage.models import CallbackLog
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/paystream/callback-ingress"
+# Headers worth keeping with a callback: its signature and how to read it. Everything
+# else (cookies, proxies' forwarding headers, auth of other systems) is dropped.
+_KEPT_HEADERS = frozenset({"content-type", "user-agent", "soapaction", "request-id"})
+_MAX_HEADER_VALUE = 8192
+
+
+def create_app(deps: IngressDeps) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        undelivered = await asyncio.to_thread(deps.publisher.close, 10.0)
+        await deps.gateways.aclose()
+        log.info("callback-ingress: publisher closed, %d records undelivered", undelivered)
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="paystream callback ingress",
+        version="1.0.0",
+        description="Provider callbacks, verified and acknowledged once Kafka has them.",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return exc.response(instance=request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code)
+        if kind is None:
+            return JSONResponse({"detail": exc.detail}, exc.status_code)
+        return Problem(kind, str(exc.detail)).response(request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return Problem("internal-error", "unexpected error; it has been logged").response(
+            request.url.path
+        )
+
+    @app.post("/v1/callbacks/{gateway}/{connection_id}", operation_id="receiveCallback")
+    async def receive(request: Request, gateway: str, connection_id: str) -> Response:
+        return await _receive(deps, request, gateway, connection_id)
+
+    @app.get("/healthz", operation_id="healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", operation_id="readyz")
+    async def readyz() -> Response:
+        kafka_ok, db_ok = await asyncio.gather(
+            asyncio.to_thread(deps.publisher.ping, 2.0), _db_ok(deps)
+        )
+        ready = kafka_ok and db_ok
+        body = {"status": "ready" if ready else "not ready", "kafka": kafka_ok, "database": db_ok}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", operation_id="metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(deps.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(MetricsMiddleware, deps=deps, routes=app.router.routes)
+    return app
+
+
+async def _receive(deps: IngressDeps, request: Request, gateway: str, raw_id: str) -> Response:
+    body = await _read_body(request, deps.settings.callback_max_body_bytes)
+    try:
+        connection_id = uuid.UUID(raw_id)
+    except ValueError:
+        connection_id = None
+    tenant = (
+        None
+        if connection_id is None
+        else await deps.tenants.tenant_of(deps.sessions, connection_id, gateway)
+    )
+    if connection_id is None or tenant is None:
+        deps.metrics.callbacks.labels("unknown", "unknown_connection").inc()
+        log.warning("callback for unknown connection %s/%s refused", gateway[:64], raw_id[:64])
+        raise Problem("unknown-connection", f"no connection {raw_id!r} for gateway {gateway!r}")
+    try:
+        _, client = await callback_gateway(deps.gateways, deps.connections, tenant, connection_id)
+    except ConnectionNotFound:
+        raise Problem("unknown-connection", f"no connection {raw_id!r}") from None
+    except GatewaySetupError as exc:
+        # Our side cannot verify (credentials undecryptable, provider not registered...):
+        # not the provider's fault, so it must retry once an operator fixed it.
+        log.error("callback for connection %s cannot be verified: %s", connection_id, exc)
+        deps.metrics.callbacks.labels(gateway, "connection_unavailable").inc()
+        raise Problem(
+            "connection-unavailable",
+            "the connection cannot verify callbacks right now",
+            headers={"Retry-After": str(deps.settings.callback_retry_after_s)},
+        ) from None
+    headers = _kept_headers(request.headers)
+    received = CallbackReceived(gateway, connection_id, tenant, datetime.now(UTC), body, headers)
+
+    async def verdict(name: str, reason: str | None, event_id: str | None = None) -> None:
+        deps.metrics.callbacks.labels(gateway, name).inc()
+        await _log_callback(deps, received, name, reason, event_id)
+
+    try:
+        client.verify_callback(request.headers, body)
+    except CallbackRejected as exc:
+        await verdict(f"rejected_{exc.reason}", str(exc))
+        kind = {"stale": "stale-signature", "malformed": "malformed-callback"}.get(
+            exc.reason, "invalid-signature"
+        )
+        raise Problem(kind, str(exc)) from None
+    try:
+        event = client.parse_callback(body)
+    except CallbackRejected as exc:
+        if exc.reason == "unsupported":  # signed by the provider, but nothing we act on
+            await verdict("ignored", str(exc))
+            return JSONResponse({"status": "ignored"})
+        await verdict("rejected_malformed", str(exc))
+        raise Problem("malformed-callback", str(exc)) from None
+    try:
+        await _publish(deps, received, event)
+    except PublishFailed as exc:
+        await verdict("broker_unavailable", exc.reason, event.event_id)
+        raise Problem(
+            "broker-unavailable",
+            "the callback could not be stored; retry later",
+            headers={"Retry-After": str(deps.settings.callback_retry_after_s)},
+        ) from None
+    await verdict("accepted", None, event.event_id)
+    return JSONResponse({"status": "accepted", "event_id": event.event_id})
+
+
+def partition_key(event: CallbackEvent) -> str:
+    """Callbacks about one payment share a key (and so a partition, in order)."""
+    return event.provider_reference or event.reference or event.event_id
+
+
+async def _publish(deps: IngressDeps, received: CallbackReceived, event: CallbackEvent) -> None:
+    cloud_event = received.to_event(source=SOURCE, partition_key=partition_key(event))
+    record = encode(cloud_event, deps.registry)
+    timeout_s = deps.settings.callback_publish_timeout_ms / 1000
+    await deps.publisher.publish(
+        deps.settings.topic(topics.CALLBACKS), record, deadline_s=timeout_s + 1
+    )
+
+
+async def _log_callback(
+    deps: IngressDeps,
+    received: CallbackReceived,
+    verdict: str,
+    reason: str | None,
+    event_id: str | None,
+) -> None:
+    """The audit trail of every callback from a known connection. Best effort: an accepted
+    callback is already safe in Kafka, so a failed log write does not fail the request."""
+    body, encoding = received.encoded_body()
+    try:
+        async with tenant_session(deps.sessions, received.tenant_id) as session:
+            session.add(
+                CallbackLog(
+                    tenant_id=received.tenant_id,
+                    connection_id=received.connection_id,
+                    gateway_code=received.gateway,
+                    provider_event_id=event_id[:255] if event_id else None,
+                    verdict=verdict,
+                    reason=(reason or "")[:2000] or None,
+                    headers=dict(received.headers),
+                    body=body if encoding == "utf-8" else f"base64:{body}",
+                )
+            )
+    except Exception:
+        log.exception("callback log write failed (verdict %s)", verdict)
+
+
+def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    kept = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in _KEPT_HEADERS or "signature" in lowered:
+            kept[lowered] = value[:_MAX_HEADER_VALUE]
+    return kept
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem("payload-too-large", f"bodies are limited to {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # chunked bodies have no Content-Length: count as they arrive
+            raise Problem("payload-too-large", f"bodies are limited to {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class MetricsMiddleware:
+    """Request counts and latency by route template (plain ASGI, as in the ingest API)."""
+
+    def __init__(self, app: ASGIApp, deps: IngressDeps, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.deps = deps
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = "unmatched"
+            for candidate in self.routes:
+                match, _ = candidate.matches(scope)
+                if match == Match.FULL:
+                    route = str(getattr(candidate, "path", "unmatched"))
+                    break
+            method = scope["method"]
+            self.deps.metrics.requests.labels(method, route, str(status)).inc()
+            self.deps.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+
+
+async def _db_ok(deps: IngressDeps) -> bool:
+    try:
+        async with deps.sessions() as session:
+            await asyncio.wait_for(session.execute(text("SELECT 1")), 2.0)
+        return True
+    except Exception:  # any failure means "not ready"
+        return False

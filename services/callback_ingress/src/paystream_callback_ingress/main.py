@@ -1,0 +1,68 @@
+"""Entry point of the callback ingress (`paystream serve callback-ingress`)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from fastapi import FastAPI
+
+from paystream_callback_ingress.app import create_app
+from paystream_callback_ingress.deps import IngressDeps
+from paystream_callback_ingress.settings import CallbackIngressSettings
+from paystream_config import load
+from paystream_config.crypto import KeyRingSettings
+from paystream_gateways.credentials import KeyRing
+from paystream_gateways.manager import DbConnectionSource, GatewayManager
+from paystream_gateways.protocol import ClientOptions
+from paystream_messaging.async_publisher import AsyncPublisher
+from paystream_messaging.kafka_config import producer_config
+from paystream_messaging.schemas import SchemaRegistry
+from paystream_storage.db import create_engine, sessionmaker
+
+log = logging.getLogger(__name__)
+
+
+def build_deps(settings: CallbackIngressSettings, ring: KeyRing) -> IngressDeps:
+    config = producer_config(settings, "paystream-callback-ingress")
+    # librdkafka reports every record by then: a 503'd callback is never delivered later.
+    config["delivery.timeout.ms"] = settings.callback_publish_timeout_ms
+    sessions = sessionmaker(create_engine(settings))
+    source = DbConnectionSource(sessions)
+    options = ClientOptions(callback_tolerance_s=settings.callback_tolerance_s)
+    return IngressDeps(
+        settings=settings,
+        publisher=AsyncPublisher(config),
+        sessions=sessions,
+        registry=SchemaRegistry(),
+        gateways=GatewayManager(source, ring, options=options),
+        connections=source,
+    )
+
+
+def app_factory() -> FastAPI:
+    settings = load(CallbackIngressSettings)
+    ring = KeyRing.from_settings(load(KeyRingSettings))
+    return create_app(build_deps(settings, ring))
+
+
+def run() -> None:
+    settings = load(CallbackIngressSettings)
+    load(KeyRingSettings)  # fail here, with the settings message
+    log.info(
+        "callback-ingress: listening on http://%s:%s",
+        settings.callback_host,
+        settings.callback_port,
+    )
+    uvicorn.run(
+        "paystream_callback_ingress.main:app_factory",
+        factory=True,
+        host=settings.callback_host,
+        port=settings.callback_port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    log.info("callback-ingress: stopped")

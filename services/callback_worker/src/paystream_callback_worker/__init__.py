@@ -1,0 +1,2 @@
+"""Provider results applied to transactions: the callback worker (faust agent over the
+callbacks topic, parked orphans retried) and the reconciler (status lookups, expiry)."""

@@ -1,0 +1,106 @@
+"""Entry points: `paystream worker callback` and `paystream worker reconciler`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from paystream_callback_worker.app import create_app
+from paystream_callback_worker.deps import CallbackDeps
+from paystream_callback_worker.health import serve_health
+from paystream_callback_worker.reconciler import Reconciler
+from paystream_callback_worker.settings import CallbackWorkerSettings, ReconcilerSettings
+from paystream_config import DatabaseSettings, load
+from paystream_config.crypto import KeyRingSettings
+from paystream_gateway_worker.dead_letters import KafkaDeadLetters
+from paystream_gateway_worker.deps import DeadLetters, RawRecord
+from paystream_gateways.credentials import KeyRing
+from paystream_gateways.manager import DbConnectionSource, GatewayManager
+from paystream_messaging import topics
+from paystream_messaging.async_publisher import AsyncPublisher
+from paystream_messaging.kafka_config import producer_config
+from paystream_messaging.schemas import SchemaRegistry
+from paystream_storage.db import create_engine, sessionmaker
+
+log = logging.getLogger(__name__)
+
+
+class _NoDeadLetters:
+    """The reconciler consumes no topic, so it never dead-letters."""
+
+    async def send(self, record: RawRecord, reason: str) -> None:
+        raise AssertionError(f"the reconciler has no dead letters ({reason})")
+
+
+def build_deps(db: DatabaseSettings, ring: KeyRing, dead_letters: DeadLetters) -> CallbackDeps:
+    sessions = sessionmaker(create_engine(db))
+    source = DbConnectionSource(sessions)
+    return CallbackDeps(
+        sessions=sessions,
+        registry=SchemaRegistry(),
+        gateways=GatewayManager(source, ring),
+        connections=source,
+        dead_letters=dead_letters,
+    )
+
+
+def build_deps_factory(
+    settings: CallbackWorkerSettings, ring: KeyRing
+) -> Callable[[], Awaitable[CallbackDeps]]:
+    async def build() -> CallbackDeps:
+        publisher = AsyncPublisher(producer_config(settings, "paystream-callback-worker"))
+        dead = KafkaDeadLetters(publisher, settings.topic(topics.DEAD_LETTERS))
+        return build_deps(settings, ring, dead)
+
+    return build
+
+
+def run_callback_worker() -> None:
+    settings = load(CallbackWorkerSettings)
+    ring = KeyRing.from_settings(load(KeyRingSettings))
+    app = create_app(settings, build_deps_factory(settings, ring))
+    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
+    app.main()
+
+
+def run_reconciler() -> None:
+    settings = load(ReconcilerSettings)
+    ring = KeyRing.from_settings(load(KeyRingSettings))
+    asyncio.run(_reconcile_forever(settings, ring))
+
+
+async def _reconcile_forever(settings: ReconcilerSettings, ring: KeyRing) -> None:
+    deps = build_deps(settings, ring, _NoDeadLetters())
+    reconciler = Reconciler(deps, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[Any]] = []
+    if settings.reconciler_web_port:
+
+        def report() -> tuple[int, dict[str, Any]]:
+            return 200, {"status": "ok", "unresolved": deps.metrics.unresolved._value.get()}
+
+        tasks.append(
+            asyncio.create_task(
+                serve_health(settings.reconciler_web_port, report, deps.metrics.registry)
+            )
+        )
+    log.info("reconciler: started")
+    try:
+        await reconciler.run(stop)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await deps.gateways.aclose()
+        log.info("reconciler: stopped")
+
+
+if __name__ == "__main__":  # `python -m paystream_callback_worker.main callback|reconciler`
+    logging.basicConfig(level=logging.INFO)
+    {"callback": run_callback_worker, "reconciler": run_reconciler}[sys.argv[1]]()

@@ -1,0 +1,36 @@
+"""Settings of the callback worker and the reconciler processes."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from paystream_config import DatabaseSettings, KafkaSettings
+
+
+class CallbackWorkerSettings(KafkaSettings, DatabaseSettings):
+    callback_worker_group: str = Field(default="paystream-callback-worker", min_length=1)
+    # Callbacks handled at once per process. Order does not matter for correctness: every
+    # one takes the transaction's row lock and the state machine only moves forward.
+    callback_worker_concurrency: int = Field(default=16, ge=1, le=1000)
+    # Orphans (callback before its attempt is known) are retried with backoff from here.
+    callback_parked_sweep_s: float = Field(default=1.0, gt=0, le=300)
+    callback_parked_retry_base_s: float = Field(default=1.0, gt=0, le=3600)
+    callback_parked_retry_max_s: float = Field(default=300.0, gt=0, le=86_400)
+    callback_worker_web_port: int = Field(default=0, ge=0, le=65535, description="0: none")
+    callback_worker_stall_after_s: float = Field(default=120.0, gt=0)
+
+
+class ReconcilerSettings(DatabaseSettings):
+    reconciler_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # pending/unknown transactions untouched this long are looked up at their provider.
+    reconciler_pending_age_s: float = Field(default=60.0, ge=0)
+    # action_required this long: looked up, then failed with `expired` if still waiting.
+    reconciler_action_expiry_s: float = Field(default=1800.0, ge=0)
+    # Still pending/unknown this long after creation: reported (metric, log, CLI), never
+    # auto-failed: the money may have moved.
+    reconciler_horizon_s: float = Field(default=86_400.0, ge=0)
+    reconciler_backoff_base_s: float = Field(default=30.0, gt=0)
+    reconciler_backoff_max_s: float = Field(default=3600.0, gt=0)
+    reconciler_batch_size: int = Field(default=100, ge=1, le=10_000)
+    reconciler_concurrency: int = Field(default=8, ge=1, le=256)
+    reconciler_web_port: int = Field(default=0, ge=0, le=65535, description="0: none")
