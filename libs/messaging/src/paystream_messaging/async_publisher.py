@@ -113,13 +113,28 @@ class AsyncPublisher:
         return True
 
     def close(self, timeout: float = 10.0) -> int:
-        """Deliver what is queued (up to `timeout`), stop the poller; returns undelivered."""
+        """Deliver what is queued (up to `timeout`), stop the poller; returns undelivered.
+
+        Idempotent. The client is released at once, not at garbage collection, so it stops
+        reconnecting to a broker that may already be gone.
+        """
+        if self._stop.is_set():
+            return 0
         remaining = self._current().flush(timeout)
         self._stop.set()
         self._poller.join(timeout)
+        with self._lock:
+            self._producer = _Closed()  # type: ignore[assignment]
         if remaining:
             log.error("%d records were not delivered before shutdown", remaining)
         return remaining
+
+
+class _Closed:
+    """Stands in for the released client: using a closed publisher fails clearly."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise PublishFailed("publisher is closed", maybe_persisted=False)
 
 
 def _settle(done: asyncio.Future[None], err: KafkaError | None) -> None:
