@@ -96,7 +96,34 @@ def test_kill_9_the_worker_repeatedly_moves_no_money_twice(stack: Stack) -> None
     )
     assert mismatches == []
     assert len({str(t) for t in txns}) == COMMANDS
+
+    # And the worker's offsets do catch up: commits are held back only while work is open.
+    try:
+        wait_for(lambda: _lag(stack) == 0, timeout=60, interval=0.5, what="committed offsets")
+    except AssertionError:
+        raise AssertionError(f"offsets behind: {_offsets(stack)}") from None
     print(f"\ncrash test: {KILLS} kills, statuses {dict(statuses)}")
+
+
+def _lag(stack: Stack) -> int:
+    return sum(high - committed for _, committed, high in _offsets(stack))
+
+
+def _offsets(stack: Stack) -> list[tuple[int, int, int]]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = f"{stack.env['PAYSTREAM_TOPIC_PREFIX']}.commands"
+    consumer = Consumer({"bootstrap.servers": stack.env["PAYSTREAM_KAFKA_BOOTSTRAP"],
+                         "group.id": "paystream-gateway-worker"})  # fmt: skip
+    try:
+        parts = [TopicPartition(topic, p) for p in range(6)]
+        out = []
+        for tp in consumer.committed(parts, timeout=10):
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            out.append((tp.partition, max(tp.offset, 0), high))
+        return out
+    finally:
+        consumer.close()
 
 
 def _restarted(stack: Stack, old_pid: int) -> bool:

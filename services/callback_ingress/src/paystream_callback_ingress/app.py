@@ -10,18 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paystream_callback_ingress.deps import IngressDeps
 from paystream_callback_ingress.problems import Problem
@@ -34,6 +29,12 @@ from paystream_messaging.callbacks import CallbackReceived
 from paystream_messaging.cloudevents_codec import encode
 from paystream_storage.db import tenant_session
 from paystream_storage.models import CallbackLog
+from paystream_web.service import (
+    MetricsMiddleware,
+    database_ready,
+    install_problem_handlers,
+    read_limited_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +62,7 @@ def create_app(deps: IngressDeps) -> FastAPI:
         redoc_url=None,
     )
 
-    @app.exception_handler(Problem)
-    async def _problem(request: Request, exc: Problem) -> Response:
-        return exc.response(instance=request.url.path)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code)
-        if kind is None:
-            return JSONResponse({"detail": exc.detail}, exc.status_code)
-        return Problem(kind, str(exc.detail)).response(request.url.path)
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return Problem("internal-error", "unexpected error; it has been logged").response(
-            request.url.path
-        )
+    install_problem_handlers(app, Problem)
 
     @app.post("/v1/callbacks/{gateway}/{connection_id}", operation_id="receiveCallback")
     async def receive(request: Request, gateway: str, connection_id: str) -> Response:
@@ -90,7 +75,7 @@ def create_app(deps: IngressDeps) -> FastAPI:
     @app.get("/readyz", operation_id="readyz")
     async def readyz() -> Response:
         kafka_ok, db_ok = await asyncio.gather(
-            asyncio.to_thread(deps.publisher.ping, 2.0), _db_ok(deps)
+            asyncio.to_thread(deps.publisher.ping, 2.0), database_ready(deps.sessions)
         )
         ready = kafka_ok and db_ok
         body = {"status": "ready" if ready else "not ready", "kafka": kafka_ok, "database": db_ok}
@@ -100,12 +85,17 @@ def create_app(deps: IngressDeps) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(deps.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(MetricsMiddleware, deps=deps, routes=app.router.routes)
+    app.add_middleware(
+        MetricsMiddleware,
+        requests=deps.metrics.requests,
+        latency=deps.metrics.latency,
+        routes=app.router.routes,
+    )
     return app
 
 
 async def _receive(deps: IngressDeps, request: Request, gateway: str, raw_id: str) -> Response:
-    body = await _read_body(request, deps.settings.callback_max_body_bytes)
+    body = await read_limited_body(request, deps.settings.callback_max_body_bytes, Problem)
     try:
         connection_id = uuid.UUID(raw_id)
     except ValueError:
@@ -218,61 +208,3 @@ def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
         if lowered in _KEPT_HEADERS or "signature" in lowered:
             kept[lowered] = value[:_MAX_HEADER_VALUE]
     return kept
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem("payload-too-large", f"bodies are limited to {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked bodies have no Content-Length: count as they arrive
-            raise Problem("payload-too-large", f"bodies are limited to {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class MetricsMiddleware:
-    """Request counts and latency by route template (plain ASGI, as in the ingest API)."""
-
-    def __init__(self, app: ASGIApp, deps: IngressDeps, routes: list[BaseRoute]) -> None:
-        self.app = app
-        self.deps = deps
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = "unmatched"
-            for candidate in self.routes:
-                match, _ = candidate.matches(scope)
-                if match == Match.FULL:
-                    route = str(getattr(candidate, "path", "unmatched"))
-                    break
-            method = scope["method"]
-            self.deps.metrics.requests.labels(method, route, str(status)).inc()
-            self.deps.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
-
-
-async def _db_ok(deps: IngressDeps) -> bool:
-    try:
-        async with deps.sessions() as session:
-            await asyncio.wait_for(session.execute(text("SELECT 1")), 2.0)
-        return True
-    except Exception:  # any failure means "not ready"
-        return False

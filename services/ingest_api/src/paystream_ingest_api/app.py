@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,11 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
-from sqlalchemy import text
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paystream_ingest_api import handlers
 from paystream_ingest_api.auth import authenticate
@@ -26,6 +21,12 @@ from paystream_ingest_api.deps import IngestDeps
 from paystream_ingest_api.openapi import build_openapi
 from paystream_ingest_api.problems import Problem
 from paystream_ingest_api.requests import DepositRequest, WithdrawalRequest, field_errors
+from paystream_web.service import (
+    MetricsMiddleware,
+    database_ready,
+    install_problem_handlers,
+    read_limited_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +50,13 @@ def create_app(deps: IngestDeps) -> FastAPI:
         redoc_url=None,
     )
 
-    @app.exception_handler(Problem)
-    async def _problem(request: Request, exc: Problem) -> Response:
-        return exc.response(instance=request.url.path)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code)
-        if kind is None:
-            return JSONResponse({"detail": exc.detail}, exc.status_code)
-        return Problem(kind, str(exc.detail)).response(request.url.path)
+    install_problem_handlers(app, Problem)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         return Problem(
             "validation-error", "request is invalid", errors=field_errors(list(exc.errors()))
         ).response(request.url.path)
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return Problem("internal-error", "unexpected error; it has been logged").response(
-            request.url.path
-        )
 
     async def tenant_of(request: Request) -> uuid.UUID:
         return await authenticate(
@@ -131,7 +116,7 @@ def create_app(deps: IngestDeps) -> FastAPI:
     @app.get("/readyz", operation_id="readyz")
     async def readyz() -> Response:
         kafka_ok, db_ok = await asyncio.gather(
-            asyncio.to_thread(deps.publisher.ping, 2.0), _db_ok(deps)
+            asyncio.to_thread(deps.publisher.ping, 2.0), database_ready(deps.sessions)
         )
         ready = kafka_ok and db_ok
         body = {"status": "ready" if ready else "not ready", "kafka": kafka_ok, "database": db_ok}
@@ -147,48 +132,13 @@ def create_app(deps: IngestDeps) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(MetricsMiddleware, deps=deps, routes=app.router.routes)
+    app.add_middleware(
+        MetricsMiddleware,
+        requests=deps.metrics.requests,
+        latency=deps.metrics.latency,
+        routes=app.router.routes,
+    )
     return app
-
-
-class MetricsMiddleware:
-    """Request counts and latency by route template. Plain ASGI: Starlette's
-    BaseHTTPMiddleware cost more CPU per request than the handler itself."""
-
-    def __init__(self, app: ASGIApp, deps: IngestDeps, routes: list[BaseRoute]) -> None:
-        self.app = app
-        self.deps = deps
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = _route_template(self.routes, scope)
-            method = scope["method"]
-            self.deps.metrics.requests.labels(method, route, str(status)).inc()
-            self.deps.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
-
-
-def _route_template(routes: list[BaseRoute], scope: Scope) -> str:
-    """Label metrics by route template, not raw path (ids would explode cardinality)."""
-    for route in routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
 
 
 def _idempotency_key(request: Request) -> str:
@@ -205,23 +155,4 @@ async def _read_json_body(request: Request, limit: int) -> bytes:
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise Problem("unsupported-media-type", "send Content-Type: application/json")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem("payload-too-large", f"bodies are limited to {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked bodies have no Content-Length: count as they arrive
-            raise Problem("payload-too-large", f"bodies are limited to {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _db_ok(deps: IngestDeps) -> bool:
-    try:
-        async with deps.sessions() as session:
-            await asyncio.wait_for(session.execute(text("SELECT 1")), 2.0)
-        return True
-    except Exception:  # any failure means "not ready"; the reason is in the DB logs
-        return False
+    return await read_limited_body(request, limit, Problem)

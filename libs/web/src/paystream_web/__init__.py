@@ -1,0 +1,1 @@
+"""What paystream's HTTP services share: problem+json errors, bounded bodies, metrics."""

@@ -1,0 +1,107 @@
+"""Wiring every paystream HTTP service shares: error handlers, metrics, bounded bodies,
+readiness of the database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from prometheus_client import Counter, Histogram
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from paystream_web.problems import Problem
+
+log = logging.getLogger(__name__)
+
+
+def install_problem_handlers(app: FastAPI, problem: type[Problem]) -> None:
+    """Every error leaves as problem+json: ours, routing's 404/405, and crashes (500)."""
+
+    @app.exception_handler(problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return exc.response(instance=request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code)
+        if kind is None:
+            return JSONResponse({"detail": exc.detail}, exc.status_code)
+        return problem(kind, str(exc.detail)).response(request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        crash = problem("internal-error", "unexpected error; it has been logged")
+        return crash.response(request.url.path)
+
+
+async def read_limited_body(request: Request, limit: int, problem: type[Problem]) -> bytes:
+    """The body, or `payload-too-large` as soon as it passes `limit` (chunked ones too)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise problem("payload-too-large", f"bodies are limited to {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # chunked bodies have no Content-Length: count as they arrive
+            raise problem("payload-too-large", f"bodies are limited to {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def database_ready(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    try:
+        async with sessions() as session:
+            await asyncio.wait_for(session.execute(text("SELECT 1")), 2.0)
+        return True
+    except Exception:  # any failure means "not ready"; the reason is in the DB's logs
+        return False
+
+
+class MetricsMiddleware:
+    """Request counts and latency by route template (ids in paths would explode label
+    cardinality). Plain ASGI: Starlette's BaseHTTPMiddleware cost more CPU per request
+    than the ingest handler itself."""
+
+    def __init__(
+        self, app: ASGIApp, requests: Counter, latency: Histogram, routes: list[BaseRoute]
+    ) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = self._template(scope)
+            self.requests.labels(scope["method"], route, str(status)).inc()
+            self.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+
+    def _template(self, scope: Scope) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", "unmatched"))
+        return "unmatched"
