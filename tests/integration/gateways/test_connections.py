@@ -138,6 +138,11 @@ async def test_rotate_secret_bumps_version_and_the_manager_picks_it_up(db: Db) -
     after.verify_callback(signed_new, body)
     with pytest.raises(CallbackRejected):
         before.verify_callback(signed_new, body)
+    # During the switch-over the provider may still sign with the old secret: accepted.
+    assert creds["webhook_secret_previous"] == STRIPE["webhook_secret"]
+    after.verify_callback({"Stripe-Signature": sign(STRIPE["webhook_secret"], body)}, body)
+    with pytest.raises(CallbackRejected):
+        after.verify_callback({"Stripe-Signature": sign("whsec_someone_else", body)}, body)
     with pytest.raises(ConnectionNotFound):
         await manager.get(db.t2, record.id)  # tenant two cannot reach tenant one's connection
     await manager.aclose()

@@ -102,7 +102,11 @@ def test_registry_validates_names_never_echoing_values() -> None:
         .validate({"api_key": "sk", "webhook_secret": "wh"})["api_base"]
         == "https://api.stripe.com"
     )
-    assert default_registry().get("stripe").secret_fields == {"api_key", "webhook_secret"}
+    assert default_registry().get("stripe").secret_fields == {
+        "api_key",
+        "webhook_secret",
+        "webhook_secret_previous",
+    }
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from paystream_gateways.errors import (
     CredentialsUndecryptable,
     GatewayNotFound,
 )
-from paystream_gateways.registry import Registry
+from paystream_gateways.registry import ProviderSpec, Registry
 from paystream_storage.models import Connection, Gateway, Transaction
 
 
@@ -189,9 +189,12 @@ class ConnectionRepository:
         spec = self._registry.get(record.provider)
         spec.validate(changes, partial=True)
         try:
-            merged = self.credentials(record).merged(changes)
+            current = self.credentials(record)
         except CredentialsUndecryptable:
             merged = Credentials(changes)
+        else:
+            changes = _keep_previous_webhook_secret(spec, current, changes)
+            merged = current.merged(changes)
         creds = spec.validate(merged)
         sealed = self._keyring.seal(tenant_id, connection_id, creds.to_bytes())
         return await self._update(
@@ -227,6 +230,22 @@ class ConnectionRepository:
         )
         self._session.expire_all()
         return await self.get(tenant_id, connection_id)
+
+
+def _keep_previous_webhook_secret(
+    spec: ProviderSpec, current: Credentials, changes: Mapping[str, str]
+) -> Mapping[str, str]:
+    """A new webhook secret keeps the old one verifying until the provider signs with the
+    new one (the next rotation drops it), so no callback is refused in between."""
+    fields = {f.name for f in spec.fields}
+    if (
+        "webhook_secret" in changes
+        and "webhook_secret_previous" in fields
+        and "webhook_secret_previous" not in changes
+        and changes["webhook_secret"] != current.get("webhook_secret")
+    ):
+        return {**changes, "webhook_secret_previous": current["webhook_secret"]}
+    return changes
 
 
 @dataclass

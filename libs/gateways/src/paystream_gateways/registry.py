@@ -25,6 +25,22 @@ class CredentialField:
     help: str = ""
 
 
+# Every provider's callbacks verify with the current secret and, during a rotation, the
+# previous one; `rotate-secret` fills it in when the webhook secret changes.
+PREVIOUS_WEBHOOK_SECRET = CredentialField(
+    "webhook_secret_previous",
+    secret=True,
+    required=False,
+    help="still accepted for callbacks while the provider switches to the new secret",
+)
+
+
+def webhook_secrets(credentials: Mapping[str, str]) -> list[str]:
+    current = [credentials["webhook_secret"]]
+    previous = credentials.get("webhook_secret_previous")
+    return [*current, previous] if previous else current
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
     name: str

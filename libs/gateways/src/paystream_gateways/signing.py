@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 
 
 class SignatureError(Exception):
@@ -31,7 +32,7 @@ def sign(secret: str, payload: bytes, *, timestamp: int | None = None) -> str:
 
 
 def verify(
-    secret: str,
+    secret: str | Sequence[str],
     header_value: str | None,
     payload: bytes,
     *,
@@ -39,7 +40,8 @@ def verify(
     now: float | None = None,
 ) -> int:
     """Return the signed timestamp, or raise SignatureError. Several v1 entries are allowed
-    (a provider rotating its secret signs with both)."""
+    (a provider rotating its secret signs with both), and several secrets (ours: the new
+    one and, while providers switch over, the previous one)."""
     if not header_value:
         raise SignatureError("signature", "no signature header")
     timestamp: int | None = None
@@ -57,11 +59,13 @@ def verify(
             candidates.append(value)
     if timestamp is None or not candidates:
         raise SignatureError("signature", "signature header lacks t= or v1=")
-    expected = compute(secret, timestamp, payload)
-    # compare_digest on every candidate, no early exit: timing reveals nothing useful.
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    # compare_digest on every pair, no early exit: timing reveals nothing useful.
     matched = False
-    for candidate in candidates:
-        matched |= hmac.compare_digest(expected, candidate)
+    for key in secrets:
+        expected = compute(key, timestamp, payload)
+        for candidate in candidates:
+            matched |= hmac.compare_digest(expected, candidate)
     if not matched:
         raise SignatureError("signature", "signature does not match the payload")
     current = time.time() if now is None else now

@@ -51,7 +51,12 @@ from paystream_gateways.protocol import (
     Succeeded,
     header,
 )
-from paystream_gateways.registry import CredentialField, ProviderSpec
+from paystream_gateways.registry import (
+    PREVIOUS_WEBHOOK_SECRET,
+    CredentialField,
+    ProviderSpec,
+    webhook_secrets,
+)
 from paystream_gateways.transport import new_client, send
 from paystream_gateways.xml_safety import XmlRejected, parse_xml
 
@@ -134,7 +139,8 @@ class SoapGateway:
         self._client = new_client(options)  # the endpoint is a full URL, not a base
         self._merchant = credentials["merchant_id"]
         self._api_secret = credentials["api_secret"]
-        self._webhook_secret = credentials["webhook_secret"]
+        # The previous secret still verifies while the provider switches to the new one.
+        self._webhook_secrets = webhook_secrets(credentials)
         self._options = options
 
     def __repr__(self) -> str:
@@ -273,7 +279,7 @@ class SoapGateway:
     ) -> None:
         try:
             signing.verify(
-                self._webhook_secret,
+                self._webhook_secrets,
                 header(headers, SIGNATURE_HEADER),
                 body,
                 tolerance_s=self._options.callback_tolerance_s,
@@ -327,5 +333,6 @@ SPEC = ProviderSpec(
         CredentialField("merchant_id", secret=False),
         CredentialField("api_secret", secret=True, help="signs our requests"),
         CredentialField("webhook_secret", secret=True, help="verifies their callbacks"),
+        PREVIOUS_WEBHOOK_SECRET,
     ),
 )

@@ -41,7 +41,12 @@ from paystream_gateways.protocol import (
     Succeeded,
     header,
 )
-from paystream_gateways.registry import CredentialField, ProviderSpec
+from paystream_gateways.registry import (
+    PREVIOUS_WEBHOOK_SECRET,
+    CredentialField,
+    ProviderSpec,
+    webhook_secrets,
+)
 from paystream_gateways.transport import classify_transport_error, timeouts
 
 PROVIDER = "stripe"
@@ -161,7 +166,8 @@ class StripeGateway:
             http_client=self._http,
             max_network_retries=0,
         )
-        self._webhook_secret = credentials["webhook_secret"]
+        # The previous secret still verifies while the provider switches to the new one.
+        self._webhook_secrets = webhook_secrets(credentials)
         self._return_url = credentials.get("return_url") or ""
         self._tolerance = options.callback_tolerance_s
 
@@ -261,15 +267,21 @@ class StripeGateway:
     ) -> None:
         signature = header(headers, "Stripe-Signature")
         try:
-            # The SDK's own check (constant-time, several v1 allowed); tolerance below, so
-            # that future timestamps are refused too and the clock can be injected.
-            stripe.WebhookSignature.verify_header(
-                body.decode("utf-8"), signature, self._webhook_secret, tolerance=None
-            )
+            text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise CallbackRejected("malformed", "body is not UTF-8") from None
-        except stripe.SignatureVerificationError as exc:
-            raise CallbackRejected("signature", str(exc.user_message or exc)) from None
+        failure: stripe.SignatureVerificationError | None = None
+        for secret in self._webhook_secrets:
+            try:
+                # The SDK's own check (constant-time, several v1 allowed); tolerance below,
+                # so that future timestamps are refused too and the clock can be injected.
+                stripe.WebhookSignature.verify_header(text, signature, secret, tolerance=None)
+                failure = None
+                break
+            except stripe.SignatureVerificationError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise CallbackRejected("signature", str(failure.user_message or failure)) from None
         assert signature is not None  # verify_header refuses a missing header
         stamp = next(p[2:] for p in signature.split(",") if p.startswith("t="))
         current = time.time() if now is None else now
@@ -319,6 +331,7 @@ SPEC = ProviderSpec(
     fields=(
         CredentialField("api_key", secret=True, help="secret key, sk_live_... / sk_test_..."),
         CredentialField("webhook_secret", secret=True, help="endpoint signing secret, whsec_..."),
+        PREVIOUS_WEBHOOK_SECRET,
         CredentialField(
             "api_base", secret=False, required=False, default=DEFAULT_API_BASE, help="API URL"
         ),
