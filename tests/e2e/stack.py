@@ -31,6 +31,7 @@ class Stack:
     process: subprocess.Popen[bytes]
     env: dict[str, str]
     home: Path
+    settings: dict[str, str] = field(default_factory=dict)
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -38,6 +39,10 @@ class Stack:
         self.sandbox = httpx.Client(
             base_url=self.env["PAYSTREAM_SANDBOX_URL"] + "/_sandbox", timeout=30
         )
+
+    def env_port(self, name: str) -> int:
+        """A port the stack was started with (from the process environment, not dev.env)."""
+        return int(self.settings[name])
 
     @property
     def auth(self) -> dict[str, str]:
@@ -136,7 +141,7 @@ def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
         wait_for(lambda: dev_env.exists() or process.poll() is not None, timeout=180, what="dev")
         assert process.poll() is None, (tmp / "dev.log").read_text()[-3000:]
         print(f"\nstack up in {time.monotonic() - started:.1f}s")
-        yield Stack(process, _read_env(dev_env), tmp / "home")
+        yield Stack(process, _read_env(dev_env), tmp / "home", settings)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)

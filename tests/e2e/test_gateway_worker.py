@@ -5,17 +5,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from paystream_storage.demo_seed import DEPOSIT_ROUTES
 from tests.e2e.stack import Stack, running_stack
+from tests.support.asgi_server import free_port
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+    port = str(free_port())
+    with running_stack(tmp_path_factory.mktemp("stack"), PAYSTREAM_WORKER_WEB_PORT=port) as running:
         yield running
 
 
@@ -123,3 +126,25 @@ def test_poison_records_are_dead_lettered_and_the_partition_moves(stack: Stack) 
     assert all(r.startswith("invalid_event") for r in reasons), reasons
     offsets = [r.headers["dlq_offset"] for r in dead if r.key == account.encode()]
     assert len(set(offsets)) == 3
+
+
+def test_worker_health_and_metrics(stack: Stack) -> None:
+    from tests.support.polling import wait_for
+
+    stack.wait_status(stack.deposit("FR"), {"succeeded"})
+    url = f"http://127.0.0.1:{stack.env_port('PAYSTREAM_WORKER_WEB_PORT')}"
+    health = wait_for(lambda: _get(f"{url}/healthz"), timeout=20, what="worker /healthz")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok"
+    assert body["assigned_partitions"] == 6
+    assert isinstance(body["breakers"], dict)
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    assert "paystream_worker_commands_total" in metrics
+
+
+def _get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from paystream_gateway_worker.faust_transport import head_is_done
+from paystream_streams.faust_transport import head_is_done
 
 
 def test_head_in_flight_blocks_the_commit() -> None:

@@ -7,10 +7,7 @@ flowing while provider calls are slow, and the two scale on different lags.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,11 +15,11 @@ import faust
 
 from paystream_callback_worker.deps import CallbackDeps
 from paystream_callback_worker.handler import handle, retry_parked
-from paystream_callback_worker.health import serve_health
 from paystream_callback_worker.settings import CallbackWorkerSettings
-from paystream_gateway_worker import faust_transport
-from paystream_gateway_worker.deps import RawRecord
 from paystream_messaging import topics
+from paystream_streams.app import Lazy, faust_app, raw_topic
+from paystream_streams.health import serve_health, stall_report
+from paystream_streams.records import RawRecord
 
 log = logging.getLogger(__name__)
 
@@ -30,51 +27,17 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: CallbackWorkerSettings, build_deps: Callable[[], Awaitable[CallbackDeps]]
 ) -> faust.App:
-    scheme = faust_transport.register(settings.kafka_fetch_wait_max_ms)
-    brokers = ";".join(f"{scheme}://{host}" for host in settings.kafka_bootstrap.split(","))
-    app = faust.App(
-        settings.callback_worker_group,
-        broker=brokers,
-        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
-        broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
-        broker_max_poll_interval=settings.kafka_max_poll_interval_ms / 1000,
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        topic_allow_declare=False,
-        topic_disable_leader=True,
-        web_enabled=False,
-        store="memory://",
-        datadir=tempfile.mkdtemp(prefix="paystream-faust-callbacks-"),
-    )
-    topic = app.topic(
-        settings.topic(topics.CALLBACKS),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    holder: dict[str, CallbackDeps] = {}
-    lock = asyncio.Lock()
+    app = faust_app(settings, settings.callback_worker_group)
+    topic = raw_topic(app, settings.topic(topics.CALLBACKS))
+    lazy = Lazy(build_deps)
 
     async def deps() -> CallbackDeps:
-        async with lock:
-            if "deps" not in holder:
-                holder["deps"] = await build_deps()
-            return holder["deps"]
+        return await lazy.get()
 
     @app.agent(topic, concurrency=settings.callback_worker_concurrency)
     async def callbacks(stream: Any) -> None:
         async for event in stream.events():
-            message = event.message
-            record = RawRecord(
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                key=message.key,
-                value=message.value,
-                headers=[(k, v) for k, v in (message.headers or []) if isinstance(v, bytes)],
-            )
-            await handle(await deps(), record)
+            await handle(await deps(), RawRecord.of(event.message))
 
     @app.timer(interval=settings.callback_parked_sweep_s)  # type: ignore[untyped-decorator]
     async def parked() -> None:
@@ -97,18 +60,18 @@ def create_app(
             d = await deps()
 
             def report() -> tuple[int, dict[str, Any]]:
-                idle = time.monotonic() - d.metrics.last_progress
-                in_flight = d.metrics.in_flight._value.get()
-                assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
-                stalled = in_flight > 0 and idle > settings.callback_worker_stall_after_s
-                body = {
-                    "status": "stalled" if stalled else "ok",
-                    "in_flight": in_flight,
-                    "seconds_since_progress": round(idle, 1),
-                    "assigned_partitions": assigned,
-                }
-                return (503 if stalled else 200), body
+                return stall_report(
+                    in_flight=d.metrics.in_flight._value.get(),
+                    last_progress=d.metrics.last_progress,
+                    stall_after_s=settings.callback_worker_stall_after_s,
+                    assigned=len(app.consumer.assignment()) if app.consumer else 0,
+                )
 
-            await serve_health(settings.callback_worker_web_port, report, d.metrics.registry)
+            await serve_health(
+                settings.callback_worker_web_host,
+                settings.callback_worker_web_port,
+                report,
+                d.metrics.registry,
+            )
 
     return app

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from paystream_callback_worker.metrics import CallbackMetrics
-from paystream_gateway_worker.deps import DeadLetters
 from paystream_gateways.manager import ConnectionSource, GatewayManager
 from paystream_messaging.schemas import SchemaRegistry
+from paystream_streams.records import DeadLetters
 
 
 @dataclass

@@ -28,7 +28,6 @@ from paystream_callback_worker.apply import (
     record_anomaly,
 )
 from paystream_callback_worker.deps import CallbackDeps
-from paystream_gateway_worker.deps import RawRecord
 from paystream_gateways.callbacks import callback_gateway
 from paystream_gateways.errors import CallbackRejected, ConnectionNotFound
 from paystream_gateways.protocol import CallbackEvent
@@ -37,6 +36,7 @@ from paystream_messaging.callbacks import CallbackReceived, decode_body
 from paystream_messaging.cloudevents_codec import InvalidEvent, decode
 from paystream_storage.db import tenant_session
 from paystream_storage.models import InboxMessage, ParkedCallback
+from paystream_streams.records import RawRecord
 
 log = logging.getLogger(__name__)
 

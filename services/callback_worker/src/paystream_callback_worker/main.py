@@ -11,13 +11,10 @@ from typing import Any
 
 from paystream_callback_worker.app import create_app
 from paystream_callback_worker.deps import CallbackDeps
-from paystream_callback_worker.health import serve_health
 from paystream_callback_worker.reconciler import Reconciler
 from paystream_callback_worker.settings import CallbackWorkerSettings, ReconcilerSettings
 from paystream_config import DatabaseSettings, load
 from paystream_config.crypto import KeyRingSettings
-from paystream_gateway_worker.dead_letters import KafkaDeadLetters
-from paystream_gateway_worker.deps import DeadLetters, RawRecord
 from paystream_gateways.credentials import KeyRing
 from paystream_gateways.manager import DbConnectionSource, GatewayManager
 from paystream_messaging import topics
@@ -25,6 +22,8 @@ from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.db import create_engine, sessionmaker
+from paystream_streams.health import serve_health
+from paystream_streams.records import DeadLetters, KafkaDeadLetters, RawRecord
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,9 @@ def build_deps_factory(
 ) -> Callable[[], Awaitable[CallbackDeps]]:
     async def build() -> CallbackDeps:
         publisher = AsyncPublisher(producer_config(settings, "paystream-callback-worker"))
-        dead = KafkaDeadLetters(publisher, settings.topic(topics.DEAD_LETTERS))
+        dead = KafkaDeadLetters(
+            publisher, settings.topic(topics.DEAD_LETTERS), by="paystream-callback-worker"
+        )
         return build_deps(settings, ring, dead)
 
     return build
@@ -88,7 +89,12 @@ async def _reconcile_forever(settings: ReconcilerSettings, ring: KeyRing) -> Non
 
         tasks.append(
             asyncio.create_task(
-                serve_health(settings.reconciler_web_port, report, deps.metrics.registry)
+                serve_health(
+                    settings.reconciler_web_host,
+                    settings.reconciler_web_port,
+                    report,
+                    deps.metrics.registry,
+                )
             )
         )
     log.info("reconciler: started")

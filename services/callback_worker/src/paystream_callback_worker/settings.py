@@ -16,6 +16,7 @@ class CallbackWorkerSettings(KafkaSettings, DatabaseSettings):
     callback_parked_sweep_s: float = Field(default=1.0, gt=0, le=300)
     callback_parked_retry_base_s: float = Field(default=1.0, gt=0, le=3600)
     callback_parked_retry_max_s: float = Field(default=300.0, gt=0, le=86_400)
+    callback_worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in a pod, for the kubelet's probe
     callback_worker_web_port: int = Field(default=0, ge=0, le=65535, description="0: none")
     callback_worker_stall_after_s: float = Field(default=120.0, gt=0)
 
@@ -33,4 +34,5 @@ class ReconcilerSettings(DatabaseSettings):
     reconciler_backoff_max_s: float = Field(default=3600.0, gt=0)
     reconciler_batch_size: int = Field(default=100, ge=1, le=10_000)
     reconciler_concurrency: int = Field(default=8, ge=1, le=256)
+    reconciler_web_host: str = "127.0.0.1"
     reconciler_web_port: int = Field(default=0, ge=0, le=65535, description="0: none")

@@ -14,26 +14,13 @@ from paystream_gateway_worker.settings import GatewayWorkerSettings
 from paystream_gateways.credentials import KeyRing
 from paystream_gateways.protocol import Gateway
 from paystream_messaging.schemas import SchemaRegistry
+from paystream_streams.records import DeadLetters, RawRecord
 
-
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
+__all__ = ["DeadLetters", "GatewayLookup", "RawRecord", "WorkerDeps"]
 
 
 class GatewayLookup(Protocol):
     async def get(self, tenant_id: uuid.UUID, connection_id: uuid.UUID) -> Gateway: ...
-
-
-class DeadLetters(Protocol):
-    async def send(self, record: RawRecord, reason: str) -> None:
-        """Return only once the dead letter is durable (acknowledged by Kafka)."""
-        ...
 
 
 @dataclass

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from paystream_config import load
 from paystream_config.crypto import KeyRingSettings
 from paystream_gateway_worker.app import create_app
-from paystream_gateway_worker.dead_letters import KafkaDeadLetters
 from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.resilience import Breakers
 from paystream_gateway_worker.settings import GatewayWorkerSettings
@@ -21,6 +20,7 @@ from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.db import create_engine, sessionmaker
+from paystream_streams.records import KafkaDeadLetters
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ def build_deps_factory(
                 ),
             ),
             keyring=ring,
-            dead_letters=KafkaDeadLetters(publisher, settings.topic(topics.DEAD_LETTERS)),
+            dead_letters=KafkaDeadLetters(
+                publisher, settings.topic(topics.DEAD_LETTERS), by="paystream-gateway-worker"
+            ),
             breakers=Breakers(settings.breaker_fail_max, settings.breaker_reset_timeout_s),
         )
 

@@ -22,6 +22,7 @@ class GatewayWorkerSettings(KafkaSettings, DatabaseSettings):
     # keep the read timeout above the providers' p99.
     gateway_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
     gateway_read_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in a pod, so the kubelet can probe it
     worker_web_port: int = Field(default=0, ge=0, le=65535, description="0: no health server")
     # A consumer that has records to process but makes no progress for this long is
     # reported unhealthy by /healthz, so an orchestrator restarts it.

@@ -1,0 +1,57 @@
+"""A faust app configured the way every paystream worker needs it."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import faust
+
+from paystream_config import KafkaSettings
+from paystream_streams import faust_transport
+
+T = TypeVar("T")
+
+
+def faust_app(settings: KafkaSettings, group: str) -> faust.App:
+    scheme = faust_transport.register(settings.kafka_fetch_wait_max_ms)
+    brokers = ";".join(f"{scheme}://{host}" for host in settings.kafka_bootstrap.split(","))
+    return faust.App(
+        group,
+        broker=brokers,
+        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
+        broker_max_poll_interval=settings.kafka_max_poll_interval_ms / 1000,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,  # `paystream topics create` owns partitions and settings
+        topic_disable_leader=True,
+        web_enabled=False,
+        store="memory://",
+        datadir=tempfile.mkdtemp(prefix=f"paystream-faust-{group}-"),
+    )
+
+
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """Bytes in, bytes out: the CloudEvents codec decodes, so a bad record is ours to
+    dead-letter instead of faust's to drop."""
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+class Lazy(Generic[T]):
+    """Built once, on first use, inside faust's event loop (engines bind to their loop)."""
+
+    def __init__(self, build: Callable[[], Awaitable[T]]) -> None:
+        self._build = build
+        self._value: T | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> T:
+        async with self._lock:
+            if self._value is None:
+                self._value = await self._build()
+            return self._value
