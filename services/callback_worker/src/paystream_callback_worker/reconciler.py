@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "/paystream/reconciler"
 _DUE = text("SELECT tenant_id, transaction_id FROM paystream_reconcile_due(:age, :expiry, :n)")
-_UNRESOLVED = text("SELECT paystream_unresolved_count(:horizon)")
+_UNRESOLVED = text("SELECT paystream_unresolved_count(:horizon, :stuck)")
 _RECONCILED = frozenset({Status.PENDING, Status.UNKNOWN, Status.ACTION_REQUIRED})
 
 
@@ -110,7 +110,10 @@ class Reconciler:
             counts[result] = counts.get(result, 0) + 1
         async with tenant_session(self.deps.sessions, None) as session:
             unresolved = (
-                await session.execute(_UNRESOLVED, {"horizon": s.reconciler_horizon_s})
+                await session.execute(
+                    _UNRESOLVED,
+                    {"horizon": s.reconciler_horizon_s, "stuck": s.reconciler_stuck_processing_s},
+                )
             ).scalar_one()
         self.deps.metrics.unresolved.set(int(unresolved))
         if due:

@@ -30,6 +30,9 @@ class ReconcilerSettings(DatabaseSettings):
     # Still pending/unknown this long after creation: reported (metric, log, CLI), never
     # auto-failed: the money may have moved.
     reconciler_horizon_s: float = Field(default=86_400.0, ge=0)
+    # Still received/processing without a change this long: the worker gave up on it
+    # (its command was dead-lettered) or is stuck. Reported the same way.
+    reconciler_stuck_processing_s: float = Field(default=900.0, ge=0)
     reconciler_backoff_base_s: float = Field(default=30.0, gt=0)
     reconciler_backoff_max_s: float = Field(default=3600.0, gt=0)
     reconciler_batch_size: int = Field(default=100, ge=1, le=10_000)

@@ -83,10 +83,21 @@ def transactions() -> None:
     metavar="SECONDS",
     help="Age since creation (default: PAYSTREAM_RECONCILER_HORIZON_S, 86400).",
 )
+@click.option(
+    "--stuck-after",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="received/processing unchanged this long"
+    " (default: PAYSTREAM_RECONCILER_STUCK_PROCESSING_S, 900).",
+)
 @click.option("--limit", default=200, show_default=True)
-def transactions_unresolved(older_than: float | None, limit: int) -> None:
-    """pending/unknown transactions past the horizon: the reconciler will not fail them
-    (money may have moved); check them at the provider. Exit code 1 when there are any."""
+def transactions_unresolved(
+    older_than: float | None, stuck_after: float | None, limit: int
+) -> None:
+    """pending/unknown transactions past the horizon (the reconciler will not fail them:
+    money may have moved) and received/processing ones nothing moves any more (their
+    command was dead-lettered). Check them at the provider. Exit code 1 when there are any."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -95,6 +106,7 @@ def transactions_unresolved(older_than: float | None, limit: int) -> None:
 
     db = _settings(DatabaseSettings)
     horizon = older_than if older_than is not None else _horizon(ReconcilerSettings)
+    stuck = stuck_after if stuck_after is not None else _stuck(ReconcilerSettings)
 
     async def action(session: AsyncSession) -> list[tuple[object, ...]]:
         rows = await session.execute(
@@ -104,21 +116,26 @@ def transactions_unresolved(older_than: float | None, limit: int) -> None:
                 " r.last_lookup_at, r.last_result"
                 " FROM transactions t JOIN tenants tn ON tn.id = t.tenant_id"
                 " LEFT JOIN reconciliations r ON r.transaction_id = t.id"
-                " WHERE t.status IN ('pending', 'unknown')"
-                "   AND t.created_at <= now() - make_interval(secs => :h)"
+                " WHERE (t.status IN ('pending', 'unknown')"
+                "        AND t.created_at <= now() - make_interval(secs => :h))"
+                "    OR (t.status IN ('received', 'processing')"
+                "        AND t.updated_at <= now() - make_interval(secs => :s))"
                 " ORDER BY t.created_at LIMIT :n"
             ),
-            {"h": horizon, "n": limit},
+            {"h": horizon, "s": stuck, "n": limit},
         )
         return [tuple(row) for row in rows]
 
     rows = run_owner(db, action)
     if not rows:
-        click.echo(f"no pending/unknown transaction older than {horizon:g}s")
+        click.echo(
+            f"no pending/unknown transaction older than {horizon:g}s and none stuck in"
+            f" processing for {stuck:g}s"
+        )
         return
     now = datetime.now(UTC)
     click.echo(
-        f"{'tenant':<16} {'transaction':<36} {'type':<10} {'status':<8} {'amount':>14} "
+        f"{'tenant':<16} {'transaction':<36} {'type':<10} {'status':<10} {'amount':>14} "
         f"{'gateway':<10} {'age':>8} {'lookups':>7}  last result"
     )
     for (tenant, txn, kind, status, amount, currency, gateway, _ref, created,
@@ -126,7 +143,7 @@ def transactions_unresolved(older_than: float | None, limit: int) -> None:
         assert isinstance(created, datetime)
         age = f"{(now - created).total_seconds() / 3600:.1f}h"
         click.echo(
-            f"{str(tenant)[:16]:<16} {txn!s:<36} {kind!s:<10} {status!s:<8} "
+            f"{str(tenant)[:16]:<16} {txn!s:<36} {kind!s:<10} {status!s:<10} "
             f"{f'{amount} {currency}':>14} {gateway or '-'!s:<10} {age:>8} "
             f"{lookups or 0:>7}  {last or '-'}"
         )
@@ -135,13 +152,22 @@ def transactions_unresolved(older_than: float | None, limit: int) -> None:
 
 
 def _horizon(cls: type[BaseSettings]) -> float:
-    # Only the horizon is needed here: read it without requiring the other settings.
+    return _seconds(cls, "reconciler_horizon_s")
+
+
+def _stuck(cls: type[BaseSettings]) -> float:
+    return _seconds(cls, "reconciler_stuck_processing_s")
+
+
+def _seconds(cls: type[BaseSettings], field: str) -> float:
+    # Only this one value is needed here: read it without requiring the other settings.
     import os
 
-    raw = os.environ.get("PAYSTREAM_RECONCILER_HORIZON_S")
+    name = f"PAYSTREAM_{field.upper()}"
+    raw = os.environ.get(name)
     if raw is None:
-        return float(cls.model_fields["reconciler_horizon_s"].default)
+        return float(cls.model_fields[field].default)
     try:
         return float(raw)
     except ValueError:
-        _fail(f"PAYSTREAM_RECONCILER_HORIZON_S: not a number: {raw!r}")
+        _fail(f"{name}: not a number: {raw!r}")
