@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -269,91 +270,67 @@ async def rotate_keys(
     decrypted is reported and left as it is. Safe to re-run: done rows are skipped.
     """
     report = RotationReport()
-    await _rotate_connections(owner_sessions, keyring, batch_size, report)
-    await _rotate_destinations(owner_sessions, keyring, batch_size, report)
+    for cols in _SEALED:
+        await _rotate(owner_sessions, keyring, batch_size, report, cols)
     return report
 
 
-async def _rotate_connections(
-    sessions: async_sessionmaker[AsyncSession], keyring: KeyRing, batch: int, report: RotationReport
+@dataclass(frozen=True)
+class _SealedColumns:
+    """Where one kind of sealed value lives: its table, row id, tenant, key id, ciphertext."""
+
+    label: str
+    id: Any
+    tenant: Any
+    key_id: Any
+    ciphertext: Any
+
+
+_SEALED = (
+    _SealedColumns(
+        "connections", Connection.id, Connection.tenant_id,
+        Connection.credentials_key_id, Connection.credentials_ciphertext,
+    ),
+    _SealedColumns(
+        "transactions", Transaction.id, Transaction.tenant_id,
+        Transaction.destination_key_id, Transaction.destination_ciphertext,
+    ),
+)  # fmt: skip
+
+
+async def _rotate(
+    sessions: async_sessionmaker[AsyncSession],
+    keyring: KeyRing,
+    batch: int,
+    report: RotationReport,
+    cols: _SealedColumns,
 ) -> None:
     after = uuid.UUID(int=0)
     while True:
         async with sessions() as session, session.begin():
             rows = (
                 await session.execute(
-                    select(
-                        Connection.id,
-                        Connection.tenant_id,
-                        Connection.credentials_key_id,
-                        Connection.credentials_ciphertext,
-                    )
+                    select(cols.id, cols.tenant, cols.key_id, cols.ciphertext)
                     .where(
-                        Connection.credentials_key_id != keyring.active_key_id,
-                        Connection.id > after,
+                        cols.ciphertext.is_not(None),
+                        cols.key_id != keyring.active_key_id,
+                        cols.id > after,
                     )
-                    .order_by(Connection.id)
+                    .order_by(cols.id)
                     .limit(batch)
                     .with_for_update()
                 )
             ).all()
-            for cid, tenant, kid, blob in rows:
+            for row_id, tenant, kid, blob in rows:
                 try:
-                    sealed = keyring.reseal(tenant, cid, Sealed(kid, bytes(blob)))
+                    sealed = keyring.reseal(tenant, row_id, Sealed(kid, bytes(blob)))
                 except DecryptionError as exc:
-                    report.failed.append(("connections", cid, str(exc)))
+                    report.failed.append((cols.label, row_id, str(exc)))
                     continue
                 await session.execute(
-                    update(Connection)
-                    .where(Connection.id == cid)
-                    .values(
-                        credentials_ciphertext=sealed.ciphertext, credentials_key_id=sealed.key_id
-                    )
-                )
-                report.rotated += 1
-        if len(rows) < batch:
-            return
-        after = rows[-1][0]
-
-
-async def _rotate_destinations(
-    sessions: async_sessionmaker[AsyncSession], keyring: KeyRing, batch: int, report: RotationReport
-) -> None:
-    after = uuid.UUID(int=0)
-    while True:
-        async with sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    select(
-                        Transaction.id,
-                        Transaction.tenant_id,
-                        Transaction.destination_key_id,
-                        Transaction.destination_ciphertext,
-                    )
-                    .where(
-                        Transaction.destination_ciphertext.is_not(None),
-                        Transaction.destination_key_id != keyring.active_key_id,
-                        Transaction.id > after,
-                    )
-                    .order_by(Transaction.id)
-                    .limit(batch)
-                    .with_for_update()
-                )
-            ).all()
-            for txn, tenant, kid, blob in rows:
-                if blob is None or kid is None:  # pragma: no cover - excluded by the query
-                    continue
-                try:
-                    sealed = keyring.reseal(tenant, txn, Sealed(kid, bytes(blob)))
-                except DecryptionError as exc:
-                    report.failed.append(("transactions", txn, str(exc)))
-                    continue
-                await session.execute(
-                    update(Transaction)
-                    .where(Transaction.id == txn)
-                    .values(
-                        destination_ciphertext=sealed.ciphertext, destination_key_id=sealed.key_id
-                    )
+                    update(cols.id.class_)
+                    .where(cols.id == row_id)
+                    .values({cols.ciphertext: sealed.ciphertext, cols.key_id: sealed.key_id})
                 )
                 report.rotated += 1
         if len(rows) < batch:
