@@ -6,9 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
-from prometheus_client import Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -105,3 +112,30 @@ class MetricsMiddleware:
             if match == Match.FULL:
                 return str(getattr(route, "path", "unmatched"))
         return "unmatched"
+
+
+def add_operations_routes(
+    app: FastAPI,
+    *,
+    kafka_ping: Callable[[float], bool],
+    sessions: async_sessionmaker[AsyncSession],
+    registry: CollectorRegistry,
+) -> None:
+    """/healthz (the process answers), /readyz (Kafka and PostgreSQL reachable), /metrics."""
+
+    @app.get("/healthz", operation_id="healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", operation_id="readyz")
+    async def readyz() -> Response:
+        kafka_ok, db_ok = await asyncio.gather(
+            asyncio.to_thread(kafka_ping, 2.0), database_ready(sessions)
+        )
+        ready = kafka_ok and db_ok
+        body = {"status": "ready" if ready else "not ready", "kafka": kafka_ok, "database": db_ok}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", operation_id="metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from paystream_callback_ingress.deps import IngressDeps
@@ -31,7 +30,7 @@ from paystream_storage.db import tenant_session
 from paystream_storage.models import CallbackLog
 from paystream_web.service import (
     MetricsMiddleware,
-    database_ready,
+    add_operations_routes,
     install_problem_handlers,
     read_limited_body,
 )
@@ -68,22 +67,12 @@ def create_app(deps: IngressDeps) -> FastAPI:
     async def receive(request: Request, gateway: str, connection_id: str) -> Response:
         return await _receive(deps, request, gateway, connection_id)
 
-    @app.get("/healthz", operation_id="healthz")
-    async def healthz() -> Response:
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/readyz", operation_id="readyz")
-    async def readyz() -> Response:
-        kafka_ok, db_ok = await asyncio.gather(
-            asyncio.to_thread(deps.publisher.ping, 2.0), database_ready(deps.sessions)
-        )
-        ready = kafka_ok and db_ok
-        body = {"status": "ready" if ready else "not ready", "kafka": kafka_ok, "database": db_ok}
-        return JSONResponse(body, status_code=200 if ready else 503)
-
-    @app.get("/metrics", operation_id="metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(deps.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    add_operations_routes(
+        app,
+        kafka_ping=deps.publisher.ping,
+        sessions=deps.sessions,
+        registry=deps.metrics.registry,
+    )
 
     app.add_middleware(
         MetricsMiddleware,

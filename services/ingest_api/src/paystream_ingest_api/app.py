@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
@@ -23,7 +22,7 @@ from paystream_ingest_api.problems import Problem
 from paystream_ingest_api.requests import DepositRequest, WithdrawalRequest, field_errors
 from paystream_web.service import (
     MetricsMiddleware,
-    database_ready,
+    add_operations_routes,
     install_problem_handlers,
     read_limited_body,
 )
@@ -109,22 +108,12 @@ def create_app(deps: IngestDeps) -> FastAPI:
         tenant = await tenant_of(request)
         return JSONResponse(await handlers.account_balances(deps, tenant, account_id))
 
-    @app.get("/healthz", operation_id="healthz")
-    async def healthz() -> Response:
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/readyz", operation_id="readyz")
-    async def readyz() -> Response:
-        kafka_ok, db_ok = await asyncio.gather(
-            asyncio.to_thread(deps.publisher.ping, 2.0), database_ready(deps.sessions)
-        )
-        ready = kafka_ok and db_ok
-        body = {"status": "ready" if ready else "not ready", "kafka": kafka_ok, "database": db_ok}
-        return JSONResponse(body, status_code=200 if ready else 503)
-
-    @app.get("/metrics", operation_id="metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(deps.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    add_operations_routes(
+        app,
+        kafka_ping=deps.publisher.ping,
+        sessions=deps.sessions,
+        registry=deps.metrics.registry,
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
