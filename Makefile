@@ -39,10 +39,16 @@ test-integration: install ## Integration tests (real broker and PostgreSQL)
 test-e2e: install ## End-to-end tests (paystream processes)
 	$(RUN) pytest tests/e2e || [ $$? -eq 5 ]  # 5: nothing collected
 
-lint: install ## ruff check + ruff format --check + mypy --strict
+lint: install ## ruff check + format --check, mypy --strict, import contracts, declared dependencies
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy libs services tests
+	$(RUN) lint-imports
+	@# deptry per package: each package declares in its own pyproject.toml what it imports.
+	@status=0; for pkg in libs/* services/*; do \
+		echo "deptry $$pkg"; \
+		$(RUN) deptry $$pkg/src --config $$pkg/pyproject.toml || status=1; \
+	done; exit $$status
 
 fmt: install ## Format and auto-fix
 	$(RUN) ruff format .

@@ -48,9 +48,17 @@ class Stack:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.env['PAYSTREAM_DEMO_API_KEY']}"}
 
-    def deposit(self, country: str, *, account: str | None = None, amount: str = "10.00",
-                key: str | None = None, metadata: dict[str, str] | None = None,
-                kind: str = "deposits", **extra: Any) -> uuid.UUID:  # fmt: skip
+    def deposit(
+        self,
+        country: str,
+        *,
+        account: str | None = None,
+        amount: str = "10.00",
+        key: str | None = None,
+        metadata: dict[str, str] | None = None,
+        kind: str = "deposits",
+        **extra: Any,
+    ) -> uuid.UUID:
         body: dict[str, Any] = {
             "account_id": account or f"acct-{uuid.uuid4().hex[:8]}",
             "country": country,
@@ -114,8 +122,11 @@ def _read_env(path: Path) -> dict[str, str]:
 @contextmanager
 def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
     """`paystream dev` on embedded servers with test-friendly timings; SIGTERM at the end."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_DATABASE_URL")}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_DATABASE_URL")
+    }
     env.update(
         PAYSTREAM_HOME=str(tmp / "home"),
         PAYSTREAM_DEV_API_PORT=str(free_port()),
@@ -133,8 +144,11 @@ def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
     log = (tmp / "dev.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "paystream_cli.main", "dev"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     dev_env = tmp / "home" / "dev.env"
     try:
         started = time.monotonic()

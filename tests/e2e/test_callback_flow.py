@@ -33,16 +33,18 @@ def _balance(stack: Stack, account: str) -> tuple[str, str]:
 
 
 def test_deposit_pending_then_signed_callback_succeeds(stack: Stack) -> None:
-    txn = stack.deposit("DE", account="cb-dep", amount="40.00",
-                        metadata={"sandbox_scenario": "pending"})  # fmt: skip
+    txn = stack.deposit(
+        "DE", account="cb-dep", amount="40.00", metadata={"sandbox_scenario": "pending"}
+    )
     stack.wait_status(txn, {"pending", "succeeded"})
     snap = stack.wait_status(txn, {"succeeded", "failed"}, timeout=60)
     assert snap["status"] == "succeeded", snap
     assert _balance(stack, "cb-dep") == ("40.00", "0.00")
     logged = stack.query(
         "SELECT verdict FROM callback_log l JOIN connections c ON c.id = l.connection_id"
-        " WHERE c.gateway_code = %s", snap["gateway"]
-    )  # fmt: skip
+        " WHERE c.gateway_code = %s",
+        snap["gateway"],
+    )
     assert ("accepted",) in logged
 
 
@@ -50,9 +52,13 @@ def test_withdrawal_holds_then_settles_on_callback(stack: Stack) -> None:
     funded = stack.deposit("DE", account="cb-wd", amount="100.00")
     assert stack.wait_status(funded, {"succeeded"})["status"] == "succeeded"
     txn = stack.deposit(
-        "DE", account="cb-wd", amount="30.00", kind="withdrawals",
-        destination=DESTINATION, metadata={"sandbox_scenario": "pending"},
-    )  # fmt: skip
+        "DE",
+        account="cb-wd",
+        amount="30.00",
+        kind="withdrawals",
+        destination=DESTINATION,
+        metadata={"sandbox_scenario": "pending"},
+    )
     pending = stack.wait_status(txn, {"pending", "succeeded", "failed"})
     if pending["status"] == "pending":
         assert _balance(stack, "cb-wd") == ("70.00", "30.00"), "held while pending"
@@ -66,9 +72,13 @@ def test_failed_withdrawal_releases_the_hold(stack: Stack) -> None:
     funded = stack.deposit("DE", account="cb-fail", amount="50.00")
     assert stack.wait_status(funded, {"succeeded"})["status"] == "succeeded"
     txn = stack.deposit(
-        "DE", account="cb-fail", amount="20.00", kind="withdrawals",
-        destination=DESTINATION, metadata={"sandbox_scenario": "pending_fail"},
-    )  # fmt: skip
+        "DE",
+        account="cb-fail",
+        amount="20.00",
+        kind="withdrawals",
+        destination=DESTINATION,
+        metadata={"sandbox_scenario": "pending_fail"},
+    )
     snap = stack.wait_status(txn, {"succeeded", "failed"}, timeout=60)
     assert snap["status"] == "failed", snap
     assert _balance(stack, "cb-fail") == ("50.00", "0.00")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from paystream_storage.demo_seed import DEPOSIT_ROUTES
+from paystream_cli.demo_seed import DEPOSIT_ROUTES
 from tests.e2e.stack import Stack, running_stack
 from tests.support.asgi_server import free_port
 
@@ -97,10 +97,16 @@ def test_poison_records_are_dead_lettered_and_the_partition_moves(stack: Stack) 
     prefix = stack.env["PAYSTREAM_TOPIC_PREFIX"]
     account = f"poison-{uuid.uuid4().hex[:6]}"  # one key: one partition, in this order
     producer = Producer({"bootstrap.servers": bootstrap})
-    ce = [("ce_specversion", b"1.0"), ("ce_id", b"x"), ("ce_source", b"/t"),
-          ("ce_type", b"paystream.deposit.requested.v1"), ("ce_time", b"2026-01-01T00:00:00Z"),
-          ("ce_tenantid", str(uuid.uuid4()).encode()), ("ce_partitionkey", account.encode()),
-          ("content-type", b"application/json")]  # fmt: skip
+    ce = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"x"),
+        ("ce_source", b"/t"),
+        ("ce_type", b"paystream.deposit.requested.v1"),
+        ("ce_time", b"2026-01-01T00:00:00Z"),
+        ("ce_tenantid", str(uuid.uuid4()).encode()),
+        ("ce_partitionkey", account.encode()),
+        ("content-type", b"application/json"),
+    ]
     poisons = [
         (b"not json at all", ce),
         (b'{"transaction_id": 1}', ce),  # schema violation

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from paystream_storage.demo_seed import DEPOSIT_ROUTES
+from paystream_cli.demo_seed import DEPOSIT_ROUTES
 from tests.e2e.stack import Stack, running_stack
 from tests.support.polling import wait_for
 
@@ -53,8 +53,12 @@ def test_kill_9_the_worker_repeatedly_moves_no_money_twice(stack: Stack) -> None
             break
         # Let it work a little (a random amount), then kill it mid-flight.
         target = progress + rng.randint(5, 60)
-        wait_for(lambda t=target: _settled(stack) >= t, timeout=120, interval=0.05,  # type: ignore[misc]
-                 what="the worker to make progress")  # fmt: skip
+        wait_for(
+            lambda t=target: _settled(stack) >= t,  # type: ignore[misc]
+            timeout=120,
+            interval=0.05,
+            what="the worker to make progress",
+        )
         os.kill(pid, signal.SIGKILL)
         kills += 1
         wait_for(lambda p=pid: _restarted(stack, p), timeout=30, what="dev to restart the worker")  # type: ignore[misc]
@@ -84,8 +88,9 @@ def test_kill_9_the_worker_repeatedly_moves_no_money_twice(stack: Stack) -> None
         if match and entry["status"] != "failed":
             executed[match[1]] += 1
     assert max(executed.values()) == 1, executed.most_common(3)
-    succeeded = {str(t) for (t,) in stack.query(
-        "SELECT id FROM transactions WHERE status = 'succeeded'")}  # fmt: skip
+    succeeded = {
+        str(t) for (t,) in stack.query("SELECT id FROM transactions WHERE status = 'succeeded'")
+    }
     assert succeeded <= set(executed)
 
     # Money: every account's balance is the sum of its succeeded deposits.
@@ -115,8 +120,12 @@ def _offsets(stack: Stack) -> list[tuple[int, int, int]]:
     from confluent_kafka import Consumer, TopicPartition
 
     topic = f"{stack.env['PAYSTREAM_TOPIC_PREFIX']}.commands"
-    consumer = Consumer({"bootstrap.servers": stack.env["PAYSTREAM_KAFKA_BOOTSTRAP"],
-                         "group.id": "paystream-gateway-worker"})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.env["PAYSTREAM_KAFKA_BOOTSTRAP"],
+            "group.id": "paystream-gateway-worker",
+        }
+    )
     try:
         parts = [TopicPartition(topic, p) for p in range(6)]
         out = []

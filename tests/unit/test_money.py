@@ -11,20 +11,36 @@ from paystream_core.money import CURRENCY_EXPONENTS, MAX_MINOR, Money, MoneyErro
 
 @pytest.mark.parametrize(
     ("amount", "currency", "minor"),
-    [("100.00", "EUR", 10000), ("0.01", "USD", 1), ("5", "EUR", 500), ("1.5", "EUR", 150),
-     ("1000", "JPY", 1000), ("1.234", "KWD", 1234), ("1.2", "BHD", 1200)],
-)  # fmt: skip
+    [
+        ("100.00", "EUR", 10000),
+        ("0.01", "USD", 1),
+        ("5", "EUR", 500),
+        ("1.5", "EUR", 150),
+        ("1000", "JPY", 1000),
+        ("1.234", "KWD", 1234),
+        ("1.2", "BHD", 1200),
+    ],
+)
 def test_parse(amount: str, currency: str, minor: int) -> None:
     assert Money.parse(amount, currency).amount_minor == minor
 
 
 @pytest.mark.parametrize(
     ("amount", "currency", "message"),
-    [("1.001", "EUR", "at most 2"), ("1.5", "JPY", "at most 0"), ("1e3", "EUR", "decimal"),
-     ("-1.00", "EUR", "decimal"), (" 1.00", "EUR", "decimal"), ("01.00", "EUR", "decimal"),
-     ("1.00", "XXX", "unknown currency"), ("1.00", "eur", "unknown currency"),
-     ("1,00", "EUR", "decimal"), ("NaN", "EUR", "decimal"), ("", "EUR", "decimal")],
-)  # fmt: skip
+    [
+        ("1.001", "EUR", "at most 2"),
+        ("1.5", "JPY", "at most 0"),
+        ("1e3", "EUR", "decimal"),
+        ("-1.00", "EUR", "decimal"),
+        (" 1.00", "EUR", "decimal"),
+        ("01.00", "EUR", "decimal"),
+        ("1.00", "XXX", "unknown currency"),
+        ("1.00", "eur", "unknown currency"),
+        ("1,00", "EUR", "decimal"),
+        ("NaN", "EUR", "decimal"),
+        ("", "EUR", "decimal"),
+    ],
+)
 def test_parse_rejects(amount: str, currency: str, message: str) -> None:
     with pytest.raises(MoneyError, match=message):
         Money.parse(amount, currency)

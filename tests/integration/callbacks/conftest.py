@@ -28,12 +28,11 @@ from paystream_callback_ingress import main as ingress_main
 from paystream_callback_ingress.app import create_app as create_ingress
 from paystream_callback_ingress.settings import CallbackIngressSettings
 from paystream_config import DatabaseSettings
-from paystream_config.crypto import KeyRingSettings, new_key_entry
 from paystream_core.ids import attempt_idempotency_key
 from paystream_gateways import signing
 from paystream_gateways.connections import ConnectionRepository
-from paystream_gateways.credentials import KeyRing
 from paystream_gateways.registry import default_registry
+from paystream_keyring import KeyRing, KeyRingSettings, new_key_entry
 from paystream_messaging.topics import ensure_topics
 from paystream_sandbox import jsonpay_api, soapbank_api, stripe_api
 from paystream_sandbox.app import create_app as create_sandbox
@@ -130,8 +129,11 @@ class Stack:
 
     def new_tenant(self) -> uuid.UUID:
         tenant = uuid.uuid4()
-        self.query("INSERT INTO tenants (id, name) VALUES (%s, %s) RETURNING id",
-                   tenant, f"t-{tenant.hex[:12]}")  # fmt: skip
+        self.query(
+            "INSERT INTO tenants (id, name) VALUES (%s, %s) RETURNING id",
+            tenant,
+            f"t-{tenant.hex[:12]}",
+        )
         return tenant
 
     def connect(self, tenant: uuid.UUID, provider: str, *, webhook: bool = False) -> Conn:
@@ -146,8 +148,13 @@ class Stack:
             try:
                 async with sessionmaker(engine)() as session, session.begin():
                     repo = ConnectionRepository(session, self.ring, default_registry())
-                    await repo.add(tenant, GATEWAY_CODES[provider], f"c-{cid.hex[:8]}", creds,
-                                   connection_id=cid)  # fmt: skip
+                    await repo.add(
+                        tenant,
+                        GATEWAY_CODES[provider],
+                        f"c-{cid.hex[:8]}",
+                        creds,
+                        connection_id=cid,
+                    )
             finally:
                 await engine.dispose()
 
@@ -167,21 +174,36 @@ class Stack:
         txn, account = txn or uuid.uuid4(), f"acc-{secrets.token_hex(4)}"
         key = attempt_idempotency_key(txn, 1)
         ref = provider_reference or f"ref_{secrets.token_hex(8)}"
-        self.query("INSERT INTO accounts (tenant_id, id, country) VALUES (%s, %s, 'DE')"
-                   " RETURNING id", conn.tenant, account)  # fmt: skip
+        self.query(
+            "INSERT INTO accounts (tenant_id, id, country) VALUES (%s, %s, 'DE') RETURNING id",
+            conn.tenant,
+            account,
+        )
         self.query(
             "INSERT INTO transactions (id, tenant_id, account_id, type, status, version,"
             " amount_minor, currency, country, idempotency_key, payload_hash, gateway_code,"
             " provider_reference) VALUES (%s, %s, %s, 'deposit', 'pending', 3, %s, 'EUR', 'DE',"
             " %s, 'h', %s, %s) RETURNING id",
-            txn, conn.tenant, account, amount_minor, f"k-{txn}", conn.code, ref,
-        )  # fmt: skip
+            txn,
+            conn.tenant,
+            account,
+            amount_minor,
+            f"k-{txn}",
+            conn.code,
+            ref,
+        )
         self.query(
             "INSERT INTO attempts (id, tenant_id, transaction_id, seq, gateway_code,"
             " connection_id, idempotency_key, status, provider_reference)"
             " VALUES (%s, %s, %s, 1, %s, %s, %s, 'pending', %s) RETURNING id",
-            uuid.uuid4(), conn.tenant, txn, conn.code, conn.id, key, ref,
-        )  # fmt: skip
+            uuid.uuid4(),
+            conn.tenant,
+            txn,
+            conn.code,
+            conn.id,
+            key,
+            ref,
+        )
         return Pending(txn, key, ref, account, amount_minor)
 
     def status(self, txn: uuid.UUID) -> str:
@@ -197,8 +219,9 @@ class Stack:
     def available(self, tenant: uuid.UUID, account: str) -> int:
         rows = self.query(
             "SELECT available_minor FROM balances WHERE tenant_id = %s AND account_id = %s",
-            tenant, account,
-        )  # fmt: skip
+            tenant,
+            account,
+        )
         return int(rows[0][0]) if rows else 0
 
     def ledger_sum(self, txn: uuid.UUID) -> int:
@@ -211,8 +234,9 @@ class Stack:
     def processed(self, conn: Conn, event_id: str) -> bool:
         rows = self.query(
             "SELECT 1 FROM inbox WHERE consumer = %s AND message_id = %s",
-            CONSUMER, f"{conn.id}:{event_id}",
-        )  # fmt: skip
+            CONSUMER,
+            f"{conn.id}:{event_id}",
+        )
         return bool(rows)
 
     # --- callbacks ------------------------------------------------------------------
@@ -229,14 +253,22 @@ class Stack:
     ) -> Callback:
         """A provider callback in the provider's real wire format (the sandbox's renderer)."""
         payment = Payment(
-            id=payment_id, provider=conn.provider, account=conn.account, kind="deposit",
-            reference=reference, idempotency_key=reference, amount_minor=amount_minor,
-            currency="EUR", status=status, created=int(time.time()), country="DE",
+            id=payment_id,
+            provider=conn.provider,
+            account=conn.account,
+            kind="deposit",
+            reference=reference,
+            idempotency_key=reference,
+            amount_minor=amount_minor,
+            currency="EUR",
+            status=status,
+            created=int(time.time()),
+            country="DE",
             payment_method="pm_card_visa",
             metadata={"paystream_reference": reference} if reference else {},
             failure_code=failure_code,
             redirect_url="https://bank.example/3ds" if status == "action_required" else None,
-        )  # fmt: skip
+        )
         event_id, _, body = RENDER[conn.provider](payment)
         return Callback(event_id, body, conn.provider)
 
@@ -268,7 +300,7 @@ def _run(coro: Any) -> Any:
 
 
 def _python_path() -> str:
-    extra = [str(ROOT / "services" / p / "src") for p in ("callback_ingress", "callback_worker")]
+    extra = [str(ROOT / "services" / p / "src") for p in ("callback_ingress", "provider_reports")]
     return os.pathsep.join([*extra, *sys.path])
 
 
@@ -326,9 +358,12 @@ def stack(kafka_bootstrap: str, primary_pg: str) -> Iterator[Stack]:
             log_path.open("wb") as log_file,
         ):
             worker = subprocess.Popen(
-                [sys.executable, "-m", "paystream_callback_worker.main", "callback"],
-                env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
-            )  # fmt: skip
+                [sys.executable, "-m", "paystream_provider_reports.main", "callback"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
             health = f"http://127.0.0.1:{health_port}"
             try:
 
@@ -342,9 +377,16 @@ def stack(kafka_bootstrap: str, primary_pg: str) -> Iterator[Stack]:
 
                 wait_for(assigned, timeout=60, interval=0.2, what="callback worker partitions")
                 yield Stack(
-                    database_url, kafka_bootstrap, prefix, ingress_url, admin, ring,
-                    keyring_settings, health, log_path,
-                )  # fmt: skip
+                    database_url=database_url,
+                    kafka_bootstrap=kafka_bootstrap,
+                    topic_prefix=prefix,
+                    ingress_url=ingress_url,
+                    sandbox=admin,
+                    ring=ring,
+                    keyring_settings=keyring_settings,
+                    worker_health=health,
+                    worker_log=log_path,
+                )
             finally:
                 worker.terminate()
                 try:

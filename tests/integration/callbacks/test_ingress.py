@@ -62,8 +62,9 @@ async def test_bad_signatures_are_refused_and_change_nothing(
     tenant = stack.new_tenant()
     conn, other = stack.connect(tenant, provider), stack.connect(stack.new_tenant(), provider)
     txn = stack.seed_pending(conn)
-    cb = stack.callback(conn, payment_id=txn.provider_reference, reference=txn.reference,
-                        status="succeeded")  # fmt: skip
+    cb = stack.callback(
+        conn, payment_id=txn.provider_reference, reference=txn.reference, status="succeeded"
+    )
     before = _published(stack)
     for name, (headers, problem) in _bad_requests(stack, conn, other, cb.body).items():
         response = await client.post(conn.path, content=cb.body, headers=headers)
@@ -92,8 +93,9 @@ async def test_unknown_connection_wrong_gateway_and_bad_bodies(
 ) -> None:
     conn = stack.connect(stack.new_tenant(), "json")
     txn = stack.seed_pending(conn)
-    cb = stack.callback(conn, payment_id=txn.provider_reference, reference=txn.reference,
-                        status="succeeded")  # fmt: skip
+    cb = stack.callback(
+        conn, payment_id=txn.provider_reference, reference=txn.reference, status="succeeded"
+    )
     signed = cb.headers(conn.secret)
     before = _published(stack)
     cases = {

@@ -47,8 +47,9 @@ def test_broker_down_gives_503_and_the_retry_is_published_once(
     ensure_topics(settings)
     conn = stack.connect(stack.new_tenant(), "json")
     txn = stack.seed_pending(conn)
-    cb = stack.callback(conn, payment_id=txn.provider_reference, reference=txn.reference,
-                        status="succeeded")  # fmt: skip
+    cb = stack.callback(
+        conn, payment_id=txn.provider_reference, reference=txn.reference, status="succeeded"
+    )
     deps = ingress_main.build_deps(settings, stack.ring)
     with serve(create_ingress(deps)) as url, httpx.Client(base_url=url, timeout=30) as client:
         proxy.down()
@@ -67,7 +68,10 @@ def test_broker_down_gives_503_and_the_retry_is_published_once(
     bodies = [json.loads(r.value or b"{}")["body"] for r in records]
     assert bodies == [cb.body.decode()], "the refused delivery must not appear as well"
     assert end_offsets(bootstrap, settings.topic("callbacks"), settings.topic_partitions) == 1
-    verdicts = dict(stack.query(
-        "SELECT verdict, count(*) FROM callback_log WHERE connection_id = %s GROUP BY 1", conn.id
-    ))  # fmt: skip
+    verdicts = dict(
+        stack.query(
+            "SELECT verdict, count(*) FROM callback_log WHERE connection_id = %s GROUP BY 1",
+            conn.id,
+        )
+    )
     assert verdicts.get("accepted") == 1

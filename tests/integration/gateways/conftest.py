@@ -62,15 +62,12 @@ def make_case(provider: str, sandbox_url: str) -> Case:
         )
     merchant, api_secret, webhook_secret = f"m_{suffix}", f"api-{suffix}", f"hook-{suffix}"
     base = {"merchant_id": merchant, "api_secret": api_secret, "webhook_secret": webhook_secret}
-    if provider == "json":
-        return Case(
-            provider, merchant, api_secret, webhook_secret,
-            {**base, "base_url": f"{sandbox_url}/jsonpay"},
-        )  # fmt: skip
-    return Case(
-        provider, merchant, api_secret, webhook_secret,
-        {**base, "endpoint_url": f"{sandbox_url}/soapbank/v1/PaymentService"},
-    )  # fmt: skip
+    endpoint = (
+        {"base_url": f"{sandbox_url}/jsonpay"}
+        if provider == "json"
+        else {"endpoint_url": f"{sandbox_url}/soapbank/v1/PaymentService"}
+    )
+    return Case(provider, merchant, api_secret, webhook_secret, {**base, **endpoint})
 
 
 def payment(scenario: str | None = None, **overrides: Any) -> PaymentRequest:

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from paystream_cli.commands_gateways import connections, keys
+from paystream_cli.demo_seed import seed_routing
 from paystream_config import DatabaseSettings
 from paystream_storage.db import create_engine, sessionmaker
-from paystream_storage.demo_seed import seed_routing
 from paystream_storage.tenants import create_tenant
 from tests.support.polling import wait_for
 
@@ -141,9 +141,11 @@ def test_keys_rotate(env: dict[str, str]) -> None:
     # The new key alone now reads everything: the old one can leave the ring.
     only_k2 = {**env, "PAYSTREAM_KEYRING": f"k2:{K2}", "PAYSTREAM_ACTIVE_KEY_ID": "k2"}
     rotated = run(
-        connections, ["rotate-secret", "acme", "stripe", "a", "--field", "webhook_secret"],
-        only_k2, stdin="whsec_rotated_secret\n",
-    )  # fmt: skip
+        connections,
+        ["rotate-secret", "acme", "stripe", "a", "--field", "webhook_secret"],
+        only_k2,
+        stdin="whsec_rotated_secret\n",
+    )
     assert rotated.exit_code == 0, rotated.output
 
 
@@ -159,11 +161,13 @@ def test_sandbox_command_serves_until_stopped(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = (tmp_path / "sandbox.log").open("wb")
+    program = "from paystream_cli.commands_gateways import sandbox; sandbox()"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from paystream_cli.commands_gateways import sandbox; sandbox()",
-         "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-c", program, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
 
         def healthy() -> bool:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from paystream_cli.demo_seed import seed_routing
 from paystream_config import DatabaseSettings
 from paystream_gateways import (
     CallbackRejected,
@@ -20,20 +21,13 @@ from paystream_gateways import (
     CredentialsUndecryptable,
     GatewayNotFound,
     InvalidCredentials,
-    KeyRing,
     default_registry,
 )
-from paystream_gateways.connections import (
-    ConnectionRepository,
-    count_by_key,
-    open_credentials,
-    rotate_keys,
-)
-from paystream_gateways.credentials import Sealed
+from paystream_gateways.connections import ConnectionRepository, open_credentials
 from paystream_gateways.manager import DbConnectionSource, GatewayManager
 from paystream_gateways.signing import sign
+from paystream_keyring import KeyRing, Sealed, count_by_key, rotate_keys
 from paystream_storage.db import create_engine, sessionmaker, tenant_session
-from paystream_storage.demo_seed import seed_routing
 from paystream_storage.models import Account, Connection, Transaction
 from paystream_storage.tenants import create_tenant
 

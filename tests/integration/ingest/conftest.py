@@ -11,12 +11,11 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from paystream_config.crypto import KeyRingSettings, new_key_entry
-from paystream_gateways.credentials import KeyRing
 from paystream_ingest_api import main as ingest_main
 from paystream_ingest_api.app import create_app
 from paystream_ingest_api.deps import IngestDeps
 from paystream_ingest_api.settings import IngestSettings
+from paystream_keyring import KeyRing, KeyRingSettings, new_key_entry
 from paystream_messaging.topics import ensure_topics
 from paystream_storage.tenants import hash_api_key
 from tests.support.asgi_server import serve
@@ -43,9 +42,14 @@ class IngestEnv:
     client: httpx.Client
 
     def post(
-        self, path: str, body: object, *, tenant: Tenant | None = None, key: str | None = None,
+        self,
+        path: str,
+        body: object,
+        *,
+        tenant: Tenant | None = None,
+        key: str | None = None,
         **headers: str,
-    ) -> httpx.Response:  # fmt: skip
+    ) -> httpx.Response:
         sent = {**(tenant or self.a).auth, "Idempotency-Key": key or str(uuid.uuid4()), **headers}
         return self.client.post(path, json=body, headers=sent)
 

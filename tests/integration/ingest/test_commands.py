@@ -101,11 +101,11 @@ def _store(env: IngestEnv, record: Received, status: str = "pending") -> uuid.UU
         conn.execute(
             "INSERT INTO transactions (id, tenant_id, account_id, type, status, version,"
             " amount_minor, currency, country, idempotency_key, payload_hash)"
-            " VALUES (%s, %s, %s, 'deposit', %s, 3, %s, %s, %s, %s, %s)",
-            (data["transaction_id"], data["tenant_id"], data["account_id"], status,
-             data["amount_minor"], data["currency"], data["country"], data["idempotency_key"],
-             data["payload_hash"]),
-        )  # fmt: skip
+            " VALUES (%(transaction_id)s, %(tenant_id)s, %(account_id)s, 'deposit', %(status)s,"
+            " 3, %(amount_minor)s, %(currency)s, %(country)s, %(idempotency_key)s,"
+            " %(payload_hash)s)",
+            {**data, "status": status},
+        )
     return uuid.UUID(data["transaction_id"])
 
 
@@ -156,8 +156,13 @@ def test_transaction_snapshot_and_tenant_isolation(ingest_env: IngestEnv) -> Non
     balances = ingest_env.client.get("/v1/accounts/user-42/balances", headers=ingest_env.a.auth)
     assert balances.status_code == 200
     assert balances.json()["balances"] == [
-        {"currency": "EUR", "available": "123.45", "held": "5.00",
-         "available_minor": 12345, "held_minor": 500}
-    ]  # fmt: skip
+        {
+            "currency": "EUR",
+            "available": "123.45",
+            "held": "5.00",
+            "available_minor": 12345,
+            "held_minor": 500,
+        }
+    ]
     hidden = ingest_env.client.get("/v1/accounts/user-42/balances", headers=ingest_env.b.auth)
     assert hidden.status_code == 404

@@ -44,9 +44,10 @@ def test_client_errors_are_problems_and_publish_nothing(ingest_env: IngestEnv) -
     _problem(anonymous, 401, "unauthorized")
     assert anonymous.headers["www-authenticate"].startswith("Bearer")
     forged = env.client.post(
-        "/v1/deposits", json=DEPOSIT,
+        "/v1/deposits",
+        json=DEPOSIT,
         headers={"Authorization": "Bearer psk_forged", "Idempotency-Key": "a"},
-    )  # fmt: skip
+    )
     _problem(forged, 401, "unauthorized")
 
     _problem(_raw(env, b"{}", **{"Content-Type": "text/plain"}), 415, "unsupported-media-type")

@@ -21,7 +21,6 @@ from paystream_gateways import (
     Credentials,
     CredentialsUndecryptable,
     Gateway,
-    KeyRing,
     Outcome,
     PaymentRequest,
     ProviderSpec,
@@ -33,6 +32,7 @@ from paystream_gateways import (
 )
 from paystream_gateways.connections import ConnectionRecord
 from paystream_gateways.manager import GatewayManager
+from paystream_keyring import KeyRing
 
 TENANT = uuid.uuid4()
 KEYRING = KeyRing({"k1": os.urandom(32)}, "k1")

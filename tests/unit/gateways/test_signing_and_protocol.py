@@ -152,12 +152,15 @@ def test_stripe_intent_mapping(intent: dict[str, object], expected: str) -> None
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (b'{"id":"evt_1","type":"charge.succeeded","created":1,"data":{"object":'
-         b'{"object":"charge","id":"ch_1"}}}', "unsupported"),
+        (
+            b'{"id":"evt_1","type":"charge.succeeded","created":1,"data":{"object":'
+            b'{"object":"charge","id":"ch_1"}}}',
+            "unsupported",
+        ),
         (b'{"id":"evt_1"}', "malformed"),
         (b"not json", "malformed"),
     ],
-)  # fmt: skip
+)
 async def test_stripe_callbacks_we_do_not_use(body: bytes, reason: str) -> None:
     from paystream_gateways import CallbackRejected, ClientOptions, Credentials
     from paystream_gateways.stripe_gateway import StripeGateway

@@ -14,11 +14,19 @@ from paystream_gateways.registry import default_registry
 BODY = b'{"id": "evt_1"}'
 CREDENTIALS = {
     "stripe": {"api_key": "sk_test_x", "webhook_secret": "whsec_new"},
-    "json": {"base_url": "http://127.0.0.1:9", "merchant_id": "m", "api_secret": "a",
-             "webhook_secret": "whsec_new"},
-    "soap": {"endpoint_url": "http://127.0.0.1:9/ps", "merchant_id": "m", "api_secret": "a",
-             "webhook_secret": "whsec_new"},
-}  # fmt: skip
+    "json": {
+        "base_url": "http://127.0.0.1:9",
+        "merchant_id": "m",
+        "api_secret": "a",
+        "webhook_secret": "whsec_new",
+    },
+    "soap": {
+        "endpoint_url": "http://127.0.0.1:9/ps",
+        "merchant_id": "m",
+        "api_secret": "a",
+        "webhook_secret": "whsec_new",
+    },
+}
 HEADER = {"stripe": "Stripe-Signature", "json": "JsonPay-Signature", "soap": "X-SoapBank-Signature"}
 
 

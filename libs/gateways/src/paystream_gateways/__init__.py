@@ -1,10 +1,12 @@
 """Gateway protocol, adapters (stripe, JSON, XML/SOAP), credentials, connections, manager.
 
+The key ring that seals credentials is `paystream_keyring`.
+
 Adapters live in their own modules (`stripe_gateway`, `json_gateway`, `soap_gateway`) and
 are reached through the registry, so importing this package does not load any SDK.
 """
 
-from paystream_gateways.credentials import Credentials, DecryptionError, KeyRing, Sealed
+from paystream_gateways.credentials import Credentials
 from paystream_gateways.errors import (
     Ambiguous,
     AmbiguousReason,
@@ -35,13 +37,8 @@ from paystream_gateways.protocol import (
     StatusResult,
     Succeeded,
 )
-from paystream_gateways.registry import (
-    CredentialField,
-    GatewayFactory,
-    ProviderSpec,
-    Registry,
-    default_registry,
-)
+from paystream_gateways.registry import Registry, default_registry
+from paystream_gateways.specs import CredentialField, GatewayFactory, ProviderSpec
 
 __all__ = [
     "ActionRequired",
@@ -57,14 +54,12 @@ __all__ = [
     "Credentials",
     "CredentialsUndecryptable",
     "Declined",
-    "DecryptionError",
     "Gateway",
     "GatewayError",
     "GatewayFactory",
     "GatewayNotFound",
     "GatewaySetupError",
     "InvalidCredentials",
-    "KeyRing",
     "NotExecuted",
     "NotExecutedReason",
     "NotFound",
@@ -73,7 +68,6 @@ __all__ = [
     "Pending",
     "ProviderSpec",
     "Registry",
-    "Sealed",
     "StatusQuery",
     "StatusResult",
     "Succeeded",

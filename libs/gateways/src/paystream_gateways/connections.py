@@ -1,9 +1,10 @@
 """Per-tenant provider connections (seed 000) over the `connections` table.
 
 A tenant may hold several connections per gateway, told apart by `code`. Credentials are
-one JSON object sealed with the key ring (credentials.py), bound to tenant and connection
-id. `version` increases on every change a cached client must notice (secret rotation,
-enable/disable); re-encryption under a new key leaves it alone, the plaintext being equal.
+one JSON object sealed with the key ring (`paystream_keyring`), bound to tenant and
+connection id. `version` increases on every change a cached client must notice (secret
+rotation, enable/disable); re-encryption under a new key (`paystream_keyring.rotate_keys`)
+leaves it alone, the plaintext being equal.
 
 Every query filters by tenant explicitly, so the repository is safe both in an RLS tenant
 session (app role) and in an owner session (CLI administration).
@@ -15,21 +16,22 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from paystream_gateways.credentials import Credentials, DecryptionError, KeyRing, Sealed
+from paystream_gateways.credentials import Credentials
 from paystream_gateways.errors import (
     ConnectionExists,
     ConnectionNotFound,
     CredentialsUndecryptable,
     GatewayNotFound,
 )
-from paystream_gateways.registry import ProviderSpec, Registry
-from paystream_storage.models import Connection, Gateway, Transaction
+from paystream_gateways.registry import Registry
+from paystream_gateways.specs import ProviderSpec
+from paystream_keyring import DecryptionError, KeyRing, Sealed
+from paystream_storage.models import Connection, Gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,116 +249,3 @@ def _keep_previous_webhook_secret(
     ):
         return {**changes, "webhook_secret_previous": current["webhook_secret"]}
     return changes
-
-
-@dataclass
-class RotationReport:
-    rotated: int = 0
-    failed: list[tuple[str, uuid.UUID, str]] = field(default_factory=list)  # table, id, reason
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-async def rotate_keys(
-    owner_sessions: async_sessionmaker[AsyncSession], keyring: KeyRing, *, batch_size: int = 200
-) -> RotationReport:
-    """Re-encrypt every connection credential and payout destination not yet under the
-    active key. Owner sessions: rotation crosses tenants.
-
-    Batches commit one by one (no table-long transaction); rows are locked while resealed,
-    so a concurrent rotate-secret waits instead of being overwritten. A row that cannot be
-    decrypted is reported and left as it is. Safe to re-run: done rows are skipped.
-    """
-    report = RotationReport()
-    for cols in _SEALED:
-        await _rotate(owner_sessions, keyring, batch_size, report, cols)
-    return report
-
-
-@dataclass(frozen=True)
-class _SealedColumns:
-    """Where one kind of sealed value lives: its table, row id, tenant, key id, ciphertext."""
-
-    label: str
-    id: Any
-    tenant: Any
-    key_id: Any
-    ciphertext: Any
-
-
-_SEALED = (
-    _SealedColumns(
-        "connections", Connection.id, Connection.tenant_id,
-        Connection.credentials_key_id, Connection.credentials_ciphertext,
-    ),
-    _SealedColumns(
-        "transactions", Transaction.id, Transaction.tenant_id,
-        Transaction.destination_key_id, Transaction.destination_ciphertext,
-    ),
-)  # fmt: skip
-
-
-async def _rotate(
-    sessions: async_sessionmaker[AsyncSession],
-    keyring: KeyRing,
-    batch: int,
-    report: RotationReport,
-    cols: _SealedColumns,
-) -> None:
-    after = uuid.UUID(int=0)
-    while True:
-        async with sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    select(cols.id, cols.tenant, cols.key_id, cols.ciphertext)
-                    .where(
-                        cols.ciphertext.is_not(None),
-                        cols.key_id != keyring.active_key_id,
-                        cols.id > after,
-                    )
-                    .order_by(cols.id)
-                    .limit(batch)
-                    .with_for_update()
-                )
-            ).all()
-            for row_id, tenant, kid, blob in rows:
-                try:
-                    sealed = keyring.reseal(tenant, row_id, Sealed(kid, bytes(blob)))
-                except DecryptionError as exc:
-                    report.failed.append((cols.label, row_id, str(exc)))
-                    continue
-                await session.execute(
-                    update(cols.id.class_)
-                    .where(cols.id == row_id)
-                    .values({cols.ciphertext: sealed.ciphertext, cols.key_id: sealed.key_id})
-                )
-                report.rotated += 1
-        if len(rows) < batch:
-            return
-        after = rows[-1][0]
-
-
-async def count_by_key(owner_sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
-    """Rows per key id over credentials and destinations: shows when an old key is unused."""
-    async with owner_sessions() as session:
-        counts: dict[str, int] = {}
-        for kid, n in (
-            await session.execute(
-                select(Connection.credentials_key_id, func.count()).group_by(
-                    Connection.credentials_key_id
-                )
-            )
-        ).all():
-            counts[kid] = counts.get(kid, 0) + int(n)
-        for dest_kid, n in (
-            await session.execute(
-                select(Transaction.destination_key_id, func.count())
-                .where(Transaction.destination_ciphertext.is_not(None))
-                .group_by(Transaction.destination_key_id)
-            )
-        ).all():
-            name = dest_kid or "?"
-            counts[name] = counts.get(name, 0) + int(n)
-        return counts

@@ -28,10 +28,10 @@ from paystream_gateways.connections import (
     fetch_by_code,
     open_credentials,
 )
-from paystream_gateways.credentials import KeyRing
 from paystream_gateways.errors import ConnectionDisabled, ConnectionNotFound
 from paystream_gateways.protocol import ClientOptions, Gateway
 from paystream_gateways.registry import Registry, default_registry
+from paystream_keyring import KeyRing
 from paystream_storage.db import tenant_session
 
 log = logging.getLogger(__name__)

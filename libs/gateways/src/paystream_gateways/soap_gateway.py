@@ -51,7 +51,7 @@ from paystream_gateways.protocol import (
     Succeeded,
     header,
 )
-from paystream_gateways.registry import (
+from paystream_gateways.specs import (
     PREVIOUS_WEBHOOK_SECRET,
     CredentialField,
     ProviderSpec,

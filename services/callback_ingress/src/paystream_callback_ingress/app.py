@@ -7,11 +7,9 @@ about a callback is acted on here: the callback worker does that from the topic.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
@@ -28,6 +26,7 @@ from paystream_messaging.callbacks import CallbackReceived
 from paystream_messaging.cloudevents_codec import encode
 from paystream_storage.db import tenant_session
 from paystream_storage.models import CallbackLog
+from paystream_web.lifespan import closing_lifespan
 from paystream_web.service import (
     MetricsMiddleware,
     add_operations_routes,
@@ -45,13 +44,9 @@ _MAX_HEADER_VALUE = 8192
 
 
 def create_app(deps: IngressDeps) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        undelivered = await asyncio.to_thread(deps.publisher.close, 10.0)
-        await deps.gateways.aclose()
-        log.info("callback-ingress: publisher closed, %d records undelivered", undelivered)
-
+    lifespan = closing_lifespan(
+        "callback-ingress", log, deps.publisher, deps.sessions, deps.gateways.aclose
+    )
     app = FastAPI(
         lifespan=lifespan,
         title="paystream callback ingress",

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
 from fastapi import FastAPI
 
 from paystream_callback_ingress.app import create_app
 from paystream_callback_ingress.deps import IngressDeps
 from paystream_callback_ingress.settings import CallbackIngressSettings
 from paystream_config import load
-from paystream_config.crypto import KeyRingSettings
-from paystream_gateways.credentials import KeyRing
 from paystream_gateways.manager import DbConnectionSource, GatewayManager
 from paystream_gateways.protocol import ClientOptions
+from paystream_keyring import KeyRing, KeyRingSettings
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.db import create_engine, sessionmaker
+from paystream_web.serving import serve
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +48,10 @@ def app_factory() -> FastAPI:
 def run() -> None:
     settings = load(CallbackIngressSettings)
     load(KeyRingSettings)  # fail here, with the settings message
-    log.info(
-        "callback-ingress: listening on http://%s:%s",
-        settings.callback_host,
-        settings.callback_port,
-    )
-    uvicorn.run(
+    serve(
         "paystream_callback_ingress.main:app_factory",
-        factory=True,
+        name="callback-ingress",
         host=settings.callback_host,
         port=settings.callback_port,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
+        log=log,
     )
-    log.info("callback-ingress: stopped")

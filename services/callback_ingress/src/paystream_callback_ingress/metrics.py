@@ -13,15 +13,21 @@ class IngressMetrics:
 
     def __post_init__(self) -> None:
         self.requests = Counter(
-            "paystream_callback_requests_total", "HTTP requests by route and status",
-            ["method", "route", "status"], registry=self.registry,
-        )  # fmt: skip
+            "paystream_callback_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
-            "paystream_callback_request_seconds", "HTTP request latency",
-            ["method", "route"], registry=self.registry,
+            "paystream_callback_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )  # fmt: skip
+        )
         self.callbacks = Counter(
-            "paystream_callbacks_received_total", "Callbacks by gateway and verdict",
-            ["gateway", "verdict"], registry=self.registry,
-        )  # fmt: skip
+            "paystream_callbacks_received_total",
+            "Callbacks by gateway and verdict",
+            ["gateway", "verdict"],
+            registry=self.registry,
+        )

@@ -24,8 +24,8 @@ import psycopg
 
 from paystream_cli.infra import open_infra
 from paystream_config import DatabaseSettings, KafkaSettings
-from paystream_config.crypto import ensure_dev_keyring
 from paystream_devinfra import free_port
+from paystream_keyring import ensure_dev_keyring
 from paystream_messaging.topics import ensure_topics
 from paystream_storage import migrate
 from paystream_storage.tenants import hash_api_key
@@ -48,9 +48,13 @@ async def _load(url: str, api_key: str, total: int, concurrency: int) -> tuple[l
         try:
             for i in counter:
                 body = json.dumps(
-                    {"account_id": f"bench-{i % 5000}", "country": "DE",
-                     "amount": "10.00", "currency": "EUR"}
-                ).encode()  # fmt: skip
+                    {
+                        "account_id": f"bench-{i % 5000}",
+                        "country": "DE",
+                        "amount": "10.00",
+                        "currency": "EUR",
+                    }
+                ).encode()
                 request = (
                     f"POST /v1/deposits HTTP/1.1\r\nHost: {host}\r\n"
                     f"Authorization: Bearer {api_key}\r\nIdempotency-Key: b-{i}-{uuid.uuid4()}\r\n"

@@ -71,10 +71,18 @@ def _write(
                 for i in range(start, min(start + chunk, rows)):
                     key = f"acct-{i % 1000}"
                     copy.write_row(
-                        (tenant, "outcomes", key, shard_for(key), uuid.uuid4(),
-                         "paystream.transaction.processing.v1", "/paystream/bench",
-                         datetime.now(UTC), _data(tenant, key, i // 1000 + 1))
-                    )  # fmt: skip
+                        (
+                            tenant,
+                            "outcomes",
+                            key,
+                            shard_for(key),
+                            uuid.uuid4(),
+                            "paystream.transaction.processing.v1",
+                            "/paystream/bench",
+                            datetime.now(UTC),
+                            _data(tenant, key, i // 1000 + 1),
+                        )
+                    )
 
 
 def run(home: Path, rows: int, chunk: int, batch_size: int, rate: float, seconds: float) -> None:

@@ -25,12 +25,12 @@ from pathlib import Path
 import httpx
 from confluent_kafka import Consumer, Producer
 
-from paystream_config.crypto import DEV_KEYRING_FILE, read_keyring_file
+from paystream_cli.demo_seed import DEPOSIT_ROUTES
 from paystream_core.ids import payload_hash, transaction_id
 from paystream_devinfra import free_port
+from paystream_keyring import DEV_KEYRING_FILE, read_keyring_file
 from paystream_messaging.cloudevents_codec import Event, encode
 from paystream_messaging.schemas import SchemaRegistry
-from paystream_storage.demo_seed import DEPOSIT_ROUTES
 
 CURRENCY = {"DE": "EUR", "FR": "EUR", "GB": "GBP", "US": "USD", "BR": "BRL", "NG": "NGN"}
 TERMINAL = ("succeeded", "failed", "rejected", "unknown")
@@ -38,8 +38,11 @@ TERMINAL = ("succeeded", "failed", "rejected", "unknown")
 
 def run(commands: int, latency_ms: int, concurrency: int, workers: int, rate: float | None) -> None:
     home = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_DATABASE_URL")}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_DATABASE_URL")
+    }
     env.update(
         PAYSTREAM_HOME=str(home),
         PAYSTREAM_DEV_API_PORT=str(free_port()),
@@ -49,9 +52,12 @@ def run(commands: int, latency_ms: int, concurrency: int, workers: int, rate: fl
         PAYSTREAM_LOG_LEVEL="WARNING",
     )
     dev = subprocess.Popen(
-        [sys.executable, "-m", "paystream_cli.main", "dev"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "paystream_cli.main", "dev"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         dev_env = _wait_env(home / "dev.env", dev)
         httpx.put(
@@ -121,12 +127,18 @@ def _measure(
     ready = threading.Event()
 
     def collect() -> None:
-        consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
-            "auto.offset.reset": "latest", "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10, "fetch.queue.backoff.ms": 0,
-            "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
-        })  # fmt: skip
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-{uuid.uuid4()}",
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+                "fetch.queue.backoff.ms": 0,
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 500,
+            }
+        )
         consumer.subscribe([f"{prefix}.outcomes"], on_assign=lambda c, parts: ready.set())
         deadline = time.monotonic() + 600
         while len(done) < commands and time.monotonic() < deadline:
@@ -156,11 +168,16 @@ def _measure(
         key = f"bench-{uuid.uuid4()}"
         txn = transaction_id(tenant, key)
         data = {
-            "transaction_id": str(txn), "tenant_id": str(tenant), "idempotency_key": key,
-            "account_id": f"bench-{i % 200}", "country": country, "amount_minor": 1000,
-            "currency": CURRENCY[country], "payment_method": "pm_card_visa",
+            "transaction_id": str(txn),
+            "tenant_id": str(tenant),
+            "idempotency_key": key,
+            "account_id": f"bench-{i % 200}",
+            "country": country,
+            "amount_minor": 1000,
+            "currency": CURRENCY[country],
+            "payment_method": "pm_card_visa",
             "requested_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        }  # fmt: skip
+        }
         data["payload_hash"] = payload_hash(data)
         record = encode(
             Event(
@@ -175,8 +192,12 @@ def _measure(
             registry,
         )
         sent[str(txn)] = time.monotonic()
-        producer.produce(f"{prefix}.commands", value=record.value, key=record.key,
-                         headers=list[tuple[str, str | bytes | None]](record.headers))  # fmt: skip
+        producer.produce(
+            f"{prefix}.commands",
+            value=record.value,
+            key=record.key,
+            headers=list[tuple[str, str | bytes | None]](record.headers),
+        )
         producer.poll(0)
     producer.flush(30)
     reader.join(600)
@@ -184,9 +205,12 @@ def _measure(
     elapsed = max(done[t] for t in finished) - started
     latencies = sorted((done[t] - sent[t]) * 1000 for t in finished)
     q = statistics.quantiles(latencies, n=100)
-    print(f"worker bench: {commands} deposit commands, provider latency {latency_ms} ms,"
-          f" {workers} worker process(es) x concurrency {concurrency},"
-          f" sent {'at once' if not rate else f'at {rate:g}/s'}")  # fmt: skip
+    print(
+        f"worker bench: {commands} deposit commands, provider latency {latency_ms} ms,"
+        f" {workers} worker process(es) x concurrency {concurrency},"
+        f" sent {'at once' if not rate else f'at {rate:g}/s'}"
+    )
     print(f"  completed: {len(finished)}; sustained {len(finished) / elapsed:,.0f} commands/s")
-    print(f"  command -> terminal outcome: p50 {q[49]:.0f} ms, p90 {q[89]:.0f} ms,"
-          f" p99 {q[98]:.0f} ms")  # fmt: skip
+    print(
+        f"  command -> terminal outcome: p50 {q[49]:.0f} ms, p90 {q[89]:.0f} ms, p99 {q[98]:.0f} ms"
+    )

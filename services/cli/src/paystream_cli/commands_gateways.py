@@ -19,7 +19,6 @@ from pydantic_settings import BaseSettings
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from paystream_config import DatabaseSettings, SettingsError, load
-from paystream_config.crypto import KeyRingSettings
 
 _S = TypeVar("_S", bound=BaseSettings)
 
@@ -113,9 +112,10 @@ def connections_add(
     """
     from paystream_cli.admin import run_owner
     from paystream_gateways.connections import ConnectionRecord, ConnectionRepository
-    from paystream_gateways.credentials import KeyRing
     from paystream_gateways.errors import GatewayNotFound, GatewaySetupError
-    from paystream_gateways.registry import ProviderSpec, default_registry
+    from paystream_gateways.registry import default_registry
+    from paystream_gateways.specs import ProviderSpec
+    from paystream_keyring import KeyRing, KeyRingSettings
     from paystream_storage.models import Gateway
 
     db = _settings(DatabaseSettings)
@@ -224,9 +224,9 @@ def connections_rotate_secret(
     """Replace secrets of a connection; running gateways pick them up on their next call."""
     from paystream_cli.admin import run_owner
     from paystream_gateways.connections import ConnectionRecord, ConnectionRepository
-    from paystream_gateways.credentials import KeyRing
     from paystream_gateways.errors import GatewaySetupError
     from paystream_gateways.registry import default_registry
+    from paystream_keyring import KeyRing, KeyRingSettings
 
     db = _settings(DatabaseSettings)
     keyring = KeyRing.from_settings(_settings(KeyRingSettings))
@@ -282,8 +282,7 @@ def keys_rotate(batch_size: int) -> None:
     services, then run this. Old keys keep decrypting until removed; remove one only when
     this command reports no rows left under it.
     """
-    from paystream_gateways.connections import count_by_key, rotate_keys
-    from paystream_gateways.credentials import KeyRing
+    from paystream_keyring import KeyRing, KeyRingSettings, count_by_key, rotate_keys
     from paystream_storage.db import create_engine, sessionmaker
 
     db = _settings(DatabaseSettings)
@@ -319,7 +318,7 @@ def keys_generate(key_id: str) -> None:
 
     This prints key material: send it straight to your secret store.
     """
-    from paystream_config.crypto import new_key_entry
+    from paystream_keyring import new_key_entry
 
     try:
         click.echo(new_key_entry(key_id))

@@ -11,11 +11,11 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from paystream_cli.demo_seed import GATEWAYS
 from paystream_gateways.connections import ConnectionRepository, fetch_by_code
-from paystream_gateways.credentials import KeyRing
 from paystream_gateways.registry import default_registry
+from paystream_keyring import KeyRing
 from paystream_sandbox.client import SandboxAdmin
-from paystream_storage.demo_seed import GATEWAYS
 
 CONNECTION_CODE = "demo"
 

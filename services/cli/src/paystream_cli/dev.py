@@ -27,15 +27,14 @@ from types import FrameType
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from paystream_cli import demo_connections
+from paystream_cli.demo_seed import seed_routing
 from paystream_cli.infra import open_infra
 from paystream_config import DatabaseSettings, KafkaSettings
-from paystream_config.crypto import KeyRingSettings, ensure_dev_keyring
 from paystream_devinfra import ChildProcess
-from paystream_gateways.credentials import KeyRing
+from paystream_keyring import KeyRing, KeyRingSettings, ensure_dev_keyring
 from paystream_messaging.topics import ensure_topics
 from paystream_storage import migrate
 from paystream_storage.db import create_engine, sessionmaker
-from paystream_storage.demo_seed import seed_routing
 from paystream_storage.tenants import (
     IssuedKey,
     create_tenant,
@@ -68,15 +67,18 @@ class Service:
 def services() -> list[Service]:
     """In start order. The sandbox comes first: the demo connections point at it."""
     return [
-        Service("sandbox", ["sandbox", "--port", str(HTTP_PORTS["SANDBOX"])],
-                f"{URLS['SANDBOX']}/_sandbox/health"),
+        Service(
+            "sandbox",
+            ["sandbox", "--port", str(HTTP_PORTS["SANDBOX"])],
+            f"{URLS['SANDBOX']}/_sandbox/health",
+        ),
         Service("callback-ingress", ["serve", "callback-ingress"], f"{URLS['CALLBACK']}/readyz"),
         Service("callback-worker", ["worker", "callback"]),
         Service("ingest-api", ["serve", "ingest-api"], f"{URLS['API']}/healthz"),
         Service("gateway-worker", ["worker", "gateway"]),
         Service("reconciler", ["worker", "reconciler"]),
         Service("relay", ["worker", "relay"]),
-    ]  # fmt: skip
+    ]
 
 
 @dataclass(frozen=True)
@@ -192,8 +194,10 @@ def run(home: Path) -> int:
                 while service.restarts and now - service.restarts[0] > 60:
                     service.restarts.popleft()
                 if len(service.restarts) >= MAX_RESTARTS_PER_MINUTE:
-                    print(service.child.describe_failure("keeps crashing", service.name),
-                          file=sys.stderr)  # fmt: skip
+                    print(
+                        service.child.describe_failure("keeps crashing", service.name),
+                        file=sys.stderr,
+                    )
                     return 1
                 log.warning("dev: %s exited with %s; restarting it", service.name, code)
                 service.restarts.append(now)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +17,7 @@ from paystream_ingest_api.deps import IngestDeps
 from paystream_ingest_api.openapi import build_openapi
 from paystream_ingest_api.problems import Problem
 from paystream_ingest_api.requests import DepositRequest, WithdrawalRequest, field_errors
+from paystream_web.lifespan import closing_lifespan
 from paystream_web.service import (
     MetricsMiddleware,
     add_operations_routes,
@@ -33,15 +31,8 @@ _TRACEPARENT_LEN = 55
 
 
 def create_app(deps: IngestDeps) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        # Deliver what is still queued before the process goes (SIGTERM, deploys).
-        undelivered = await asyncio.to_thread(deps.publisher.close, 10.0)
-        log.info("ingest-api: publisher closed, %d records undelivered", undelivered)
-
     app = FastAPI(
-        lifespan=lifespan,
+        lifespan=closing_lifespan("ingest-api", log, deps.publisher, deps.sessions),
         title="paystream ingest API",
         version="1.0.0",
         description="Deposits and withdrawals, accepted once Kafka acknowledged the command.",

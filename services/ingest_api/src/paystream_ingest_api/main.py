@@ -6,19 +6,18 @@ import base64
 import logging
 import uuid
 
-import uvicorn
 from fastapi import FastAPI
 
 from paystream_config import load
-from paystream_config.crypto import KeyRingSettings
-from paystream_gateways.credentials import KeyRing
 from paystream_ingest_api.app import create_app
 from paystream_ingest_api.deps import IngestDeps, SealedDestination, Sealer
 from paystream_ingest_api.settings import IngestSettings
+from paystream_keyring import KeyRing, KeyRingSettings
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.db import create_engine, sessionmaker
+from paystream_web.serving import serve
 
 log = logging.getLogger(__name__)
 
@@ -56,38 +55,12 @@ def app_factory() -> FastAPI:
 def run() -> None:
     settings = load(IngestSettings)
     load(KeyRingSettings)  # fail here, with the settings message, not inside a worker
-    log.info(
-        "ingest-api: %s listening on http://%s:%s",
-        settings.ingest_server,
-        settings.ingest_host,
-        settings.ingest_port,
+    serve(
+        "paystream_ingest_api.main:app_factory",
+        name="ingest-api",
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        log=log,
+        server=settings.ingest_server,
+        workers=settings.ingest_workers,
     )
-    target = "paystream_ingest_api.main:app_factory"
-    if settings.ingest_server == "granian":
-        from granian import Granian
-        from granian.constants import Interfaces
-        from granian.log import LogLevels
-
-        Granian(
-            target,
-            factory=True,
-            address=settings.ingest_host,
-            port=settings.ingest_port,
-            interface=Interfaces.ASGI,
-            workers=settings.ingest_workers,
-            log_level=LogLevels.warning,
-        ).serve()
-    else:
-        uvicorn.run(
-            target,
-            factory=True,
-            host=settings.ingest_host,
-            port=settings.ingest_port,
-            workers=settings.ingest_workers,
-            loop="uvloop",
-            http="httptools",
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-    log.info("ingest-api: stopped")

@@ -152,9 +152,16 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         schemas[request_model.__name__] = request_schema
     doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     paths = doc["paths"]
-    command_errors = ("malformed-json", "missing-idempotency-key", "unauthorized",
-                      "idempotency-conflict", "payload-too-large", "unsupported-media-type",
-                      "validation-error", "broker-unavailable")  # fmt: skip
+    command_errors = (
+        "malformed-json",
+        "missing-idempotency-key",
+        "unauthorized",
+        "idempotency-conflict",
+        "payload-too-large",
+        "unsupported-media-type",
+        "validation-error",
+        "broker-unavailable",
+    )
     for path, model in (
         ("/v1/deposits", "DepositRequest"),
         ("/v1/withdrawals", "WithdrawalRequest"),

@@ -13,20 +13,18 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from paystream_config import SettingsError, load
-from paystream_config.crypto import (
+from paystream_gateways import Credentials
+from paystream_keyring import (
+    NONCE_BYTES,
+    DecryptionError,
+    KeyRing,
     KeyRingSettings,
+    Sealed,
     add_dev_key,
+    associated_data,
     ensure_dev_keyring,
     new_key_entry,
     read_keyring_file,
-)
-from paystream_gateways.credentials import (
-    NONCE_BYTES,
-    Credentials,
-    DecryptionError,
-    KeyRing,
-    Sealed,
-    associated_data,
 )
 
 T1, T2 = uuid.uuid4(), uuid.uuid4()
