@@ -1,4 +1,5 @@
-"""Double-entry ledger rules (design.md §4): which legs a money event posts.
+"""Double-entry ledger rules (design.md §4): which legs a money event posts, and which money
+event a status change implies.
 
 Each posting's legs sum to zero. `external` is the provider side (money outside paystream);
 a user's `available` and `held` balances can never go negative (database constraint).
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from paystream_core.statuses import Status, TransactionType
 
 
 class Bucket(StrEnum):
@@ -43,3 +46,32 @@ def legs(event: MoneyEvent, amount_minor: int) -> tuple[Leg, Leg]:
         case MoneyEvent.WITHDRAWAL_RELEASED:
             return Leg(Bucket.HELD, -a), Leg(Bucket.AVAILABLE, a)
     raise AssertionError(event)  # pragma: no cover
+
+
+def balance_deltas(event: MoneyEvent, amount_minor: int) -> tuple[int, int]:
+    """(available, held) changes of the user's balance row; `external` has no row."""
+    available = held = 0
+    for leg in legs(event, amount_minor):
+        if leg.bucket == Bucket.AVAILABLE:
+            available += leg.amount_minor
+        elif leg.bucket == Bucket.HELD:
+            held += leg.amount_minor
+    return available, held
+
+
+def posting(kind: TransactionType, old: Status, new: Status) -> MoneyEvent | None:
+    """The money event a status change implies (None: the change moves no money).
+
+    A withdrawal holds its amount when it is accepted (leaves `received` for anything but
+    `rejected`), settles the hold when it succeeds and releases it when it fails; one that is
+    rejected before the hold holds nothing. A deposit credits only when it succeeds.
+    """
+    if kind == TransactionType.DEPOSIT:
+        return MoneyEvent.DEPOSIT_CREDITED if new == Status.SUCCEEDED else None
+    if old == Status.RECEIVED:
+        return None if new == Status.REJECTED else MoneyEvent.WITHDRAWAL_HELD
+    if new == Status.SUCCEEDED:
+        return MoneyEvent.WITHDRAWAL_SETTLED
+    if new in (Status.FAILED, Status.REJECTED):
+        return MoneyEvent.WITHDRAWAL_RELEASED
+    return None

@@ -1,4 +1,4 @@
-"""Transaction statuses and the forward-only moves between them (design.md §3)."""
+"""Transaction and attempt statuses, and the forward-only moves between them (design.md §3)."""
 
 from __future__ import annotations
 
@@ -43,9 +43,39 @@ _RANK = {
 
 
 def can_move(current: Status, new: Status) -> bool:
-    """Forward moves only; terminal statuses absorb."""
+    """Forward moves only; terminal statuses absorb. `rejected` means never attempted, so
+    only a `received` transaction can be rejected, and a `received` one cannot succeed or
+    fail: nothing is known of a provider before an attempt."""
     if current.terminal:
         return False
-    if current == Status.RECEIVED and new in TERMINAL - {Status.REJECTED}:
+    if new == Status.REJECTED:
+        return current == Status.RECEIVED
+    if current == Status.RECEIVED and new in TERMINAL:
         return False
     return _RANK[new] >= _RANK[current] and new != current
+
+
+class AttemptStatus(StrEnum):
+    """Where one call to one gateway stands."""
+
+    STARTED = "started"  # recorded and committed before the call: it may have executed
+    SUCCEEDED = "succeeded"
+    PENDING = "pending"
+    ACTION_REQUIRED = "action_required"
+    DECLINED = "declined"
+    NOT_EXECUTED = "not_executed"
+    AMBIGUOUS = "ambiguous"
+
+
+# Attempt statuses a later report (callback, lookup) may still settle.
+OPEN_ATTEMPT = frozenset(
+    {
+        AttemptStatus.STARTED,
+        AttemptStatus.PENDING,
+        AttemptStatus.ACTION_REQUIRED,
+        AttemptStatus.AMBIGUOUS,
+    }
+)
+# Attempt statuses under which the worker moved on to another gateway: the attempt must not
+# have executed, so a report that it did is an anomaly (money may move twice).
+ABANDONED_ATTEMPT = frozenset({AttemptStatus.NOT_EXECUTED, AttemptStatus.DECLINED})
