@@ -6,6 +6,7 @@ acknowledged it; the worker stores it and does the rest.
 
 from __future__ import annotations
 
+import base64
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -13,24 +14,26 @@ from typing import Any
 
 from sqlalchemy import select
 
-from paystream_core.ids import PAYSTREAM_NAMESPACE, payload_hash, transaction_id
+from paystream_core.ids import payload_hash, transaction_id
 from paystream_core.money import Money
 from paystream_ingest_api.deps import IngestDeps
 from paystream_ingest_api.problems import Problem
 from paystream_ingest_api.requests import DepositRequest, WithdrawalRequest
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import PublishFailed
-from paystream_messaging.cloudevents_codec import Event, encode
+from paystream_messaging.cloudevents_codec import encode
+from paystream_messaging.commands import (
+    Command,
+    RequestDeposit,
+    RequestWithdrawal,
+    SealedDestination,
+)
 from paystream_storage.db import tenant_session
 from paystream_storage.models import Account, Attempt, Balance, Transaction
 
 log = logging.getLogger(__name__)
 
 SOURCE = "/paystream/ingest-api"
-EVENT_TYPES = {
-    "deposit": "paystream.deposit.requested.v1",
-    "withdrawal": "paystream.withdrawal.requested.v1",
-}
 
 
 async def accept_command(
@@ -61,41 +64,31 @@ async def accept_command(
         deps.metrics.replays.labels("stored").inc()
         return _accepted(txn_id, replay=True, current=stored)
 
-    data: dict[str, Any] = {
-        "transaction_id": str(txn_id),
-        "tenant_id": str(tenant),
+    fields: dict[str, Any] = {
+        "transaction_id": txn_id,
+        "tenant_id": tenant,
         "idempotency_key": idempotency_key,
         "payload_hash": digest,
         "account_id": request.account_id,
         "country": request.country,
         "amount_minor": request.money.amount_minor,
         "currency": request.currency,
-        "requested_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "requested_at": datetime.now(UTC),
+        "payment_method": request.payment_method,
+        "metadata": dict(request.metadata or {}),
     }
-    if request.payment_method is not None:
-        data["payment_method"] = request.payment_method
-    if request.metadata:
-        data["metadata"] = dict(request.metadata)
+    command: Command
     if isinstance(request, WithdrawalRequest):
         sealed = deps.seal_destination(
             tenant, txn_id, request.destination.model_dump_json(exclude_none=True).encode()
         )
-        data["destination"] = {
-            "ciphertext": sealed.ciphertext_b64,
-            "key_id": sealed.key_id,
-            "masked": request.destination.masked(),
-        }
-    event = Event(
-        # Stable per request: a retried POST republishes the same CloudEvent id.
-        id=str(uuid.uuid5(PAYSTREAM_NAMESPACE, f"command|{txn_id}|{digest}")),
-        source=SOURCE,
-        type=EVENT_TYPES[kind],
-        time=datetime.now(UTC),
-        tenant_id=str(tenant),
-        partition_key=request.account_id,
-        data=data,
-        traceparent=traceparent,
-    )
+        destination = SealedDestination(
+            base64.b64decode(sealed.ciphertext_b64), sealed.key_id, request.destination.masked()
+        )
+        command = RequestWithdrawal(**fields, destination=destination)
+    else:
+        command = RequestDeposit(**fields)
+    event = command.to_event(source=SOURCE, traceparent=traceparent)
     record = encode(event, deps.registry)
     timeout_s = deps.settings.ingest_publish_timeout_ms / 1000
     try:
