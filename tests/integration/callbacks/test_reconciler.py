@@ -16,19 +16,21 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from paystream_callback_worker.deps import CallbackDeps
-from paystream_callback_worker.reconciler import Reconciler
-from paystream_callback_worker.settings import ReconcilerSettings
 from paystream_cli.commands_callbacks import transactions
 from paystream_core.ids import payload_hash, transaction_id
-from paystream_gateway_worker.deps import RawRecord, WorkerDeps
+from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.handler import handle
-from paystream_gateway_worker.resilience import Breakers
 from paystream_gateway_worker.settings import GatewayWorkerSettings
 from paystream_gateways.manager import DbConnectionSource, GatewayManager
+from paystream_gateways.resilience import Breakers
 from paystream_messaging.cloudevents_codec import Event, encode
 from paystream_messaging.schemas import SchemaRegistry
+from paystream_provider_reports.deps import CallbackDeps
+from paystream_provider_reports.reconciler import Reconciler
+from paystream_provider_reports.settings import ReconcilerSettings
 from paystream_storage.db import create_engine, sessionmaker
+from paystream_storage.payments import PgPaymentStore
+from paystream_streams.records import RawRecord
 from tests.integration.callbacks.conftest import Conn, Stack
 
 pytestmark = pytest.mark.integration
@@ -64,17 +66,31 @@ class Env:
         key, account = f"order-{secrets.token_hex(6)}", f"acc-{secrets.token_hex(4)}"
         txn = transaction_id(conn.tenant, key)
         data: dict[str, Any] = {
-            "transaction_id": str(txn), "tenant_id": str(conn.tenant), "idempotency_key": key,
-            "account_id": account, "country": "DE", "amount_minor": 1500, "currency": "EUR",
-            "requested_at": "2026-01-01T00:00:00Z", "metadata": {"sandbox_scenario": scenario},
-        }  # fmt: skip
+            "transaction_id": str(txn),
+            "tenant_id": str(conn.tenant),
+            "idempotency_key": key,
+            "account_id": account,
+            "country": "DE",
+            "amount_minor": 1500,
+            "currency": "EUR",
+            "requested_at": "2026-01-01T00:00:00Z",
+            "metadata": {"sandbox_scenario": scenario},
+        }
         data["payload_hash"] = payload_hash(data)
-        event = Event(id=str(uuid.uuid4()), source="/test", type="paystream.deposit.requested.v1",
-                      time=datetime.now(UTC), tenant_id=str(conn.tenant), partition_key=account,
-                      data=data)  # fmt: skip
+        event = Event(
+            id=str(uuid.uuid4()),
+            source="/test",
+            type="paystream.deposit.requested.v1",
+            time=datetime.now(UTC),
+            tenant_id=str(conn.tenant),
+            partition_key=account,
+            data=data,
+        )
         record = encode(event, self.gateway_worker.registry)
-        await handle(self.gateway_worker, RawRecord("commands", 0, 0, record.key, record.value,
-                                                    record.headers))  # fmt: skip
+        await handle(
+            self.gateway_worker,
+            RawRecord("commands", 0, 0, record.key, record.value, record.headers),
+        )
         return txn, account
 
 
@@ -89,20 +105,32 @@ async def until(probe: Callable[[], Awaitable[bool]], timeout: float, what: str)
 @pytest.fixture
 async def env(stack: Stack) -> AsyncIterator[Env]:
     settings = GatewayWorkerSettings(
-        kafka_bootstrap=stack.kafka_bootstrap, database_url=stack.database_url,
-        worker_retry_attempts=2, worker_retry_base_s=0.01, worker_retry_max_s=0.05,
-    )  # fmt: skip
-    sessions = sessionmaker(create_engine(settings))
-    source = DbConnectionSource(sessions)
+        kafka_bootstrap=stack.kafka_bootstrap,
+        database_url=stack.database_url,
+        worker_retry_attempts=2,
+        worker_retry_base_s=0.01,
+        worker_retry_max_s=0.05,
+    )
+    engine = create_engine(settings)
+    source = DbConnectionSource(sessionmaker(engine))
     registry = SchemaRegistry()
+    store = PgPaymentStore(engine, registry)
     gw = WorkerDeps(
-        settings=settings, sessions=sessions, registry=registry,
-        gateways=GatewayManager(source, stack.ring), keyring=stack.ring, dead_letters=_Dead(),
+        settings=settings,
+        store=store,
+        registry=registry,
+        gateways=GatewayManager(source, stack.ring),
+        keyring=stack.ring,
+        dead_letters=_Dead(),
         breakers=Breakers(5, 1.0),
-    )  # fmt: skip
-    deps = CallbackDeps(sessions=sessions, registry=registry,
-                        gateways=GatewayManager(source, stack.ring), connections=source,
-                        dead_letters=_Dead())  # fmt: skip
+    )
+    deps = CallbackDeps(
+        store=store,
+        registry=registry,
+        gateways=GatewayManager(source, stack.ring),
+        connections=source,
+        dead_letters=_Dead(),
+    )
     yield Env(stack, gw, deps)
     stack.sandbox.set_faults("json", auto_settle=True)
 

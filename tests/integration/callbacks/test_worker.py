@@ -27,8 +27,13 @@ async def test_fifty_duplicate_deliveries_make_one_transition(
     tenant = stack.new_tenant()
     conn = stack.connect(tenant, "json")
     txn = stack.seed_pending(conn, amount_minor=2500)
-    cb = stack.callback(conn, payment_id=txn.provider_reference, reference=txn.reference,
-                        status="succeeded", amount_minor=2500)  # fmt: skip
+    cb = stack.callback(
+        conn,
+        payment_id=txn.provider_reference,
+        reference=txn.reference,
+        status="succeeded",
+        amount_minor=2500,
+    )
     handled = stack.worker_handled()
     for _ in range(20):  # a provider retrying one by one...
         response = await client.post(conn.path, content=cb.body, headers=cb.headers(conn.secret))
@@ -81,10 +86,12 @@ def test_every_order_of_callbacks_ends_in_the_same_terminal_state(
 
     def cb(status: str) -> Callback:
         return stack.callback(
-            conn, payment_id=txn.provider_reference, reference=txn.reference,
+            conn,
+            payment_id=txn.provider_reference,
+            reference=txn.reference,
             status=status,  # type: ignore[arg-type]
             failure_code="insufficient_funds" if status == "declined" else None,
-        )  # fmt: skip
+        )
 
     terminal = cb(final)
     story = [cb("action_required"), cb("pending"), terminal, terminal, cb("pending")]
@@ -113,13 +120,20 @@ async def test_contradicting_late_callback_is_an_anomaly(
     tenant = stack.new_tenant()
     conn = stack.connect(tenant, "json")
     txn = stack.seed_pending(conn)
-    ok = stack.callback(conn, payment_id=txn.provider_reference, reference=txn.reference,
-                        status="succeeded")  # fmt: skip
-    late = stack.callback(conn, payment_id=txn.provider_reference, reference=txn.reference,
-                          status="declined", failure_code="do_not_honor")  # fmt: skip
+    ok = stack.callback(
+        conn, payment_id=txn.provider_reference, reference=txn.reference, status="succeeded"
+    )
+    late = stack.callback(
+        conn,
+        payment_id=txn.provider_reference,
+        reference=txn.reference,
+        status="declined",
+        failure_code="do_not_honor",
+    )
     for item in (ok, late):
-        response = await client.post(conn.path, content=item.body,
-                                     headers=item.headers(conn.secret))  # fmt: skip
+        response = await client.post(
+            conn.path, content=item.body, headers=item.headers(conn.secret)
+        )
         assert response.status_code == 200
         processed = functools.partial(stack.processed, conn, item.event_id)
         wait_for(processed, timeout=30, what=item.event_id)
@@ -149,8 +163,9 @@ async def test_orphan_callback_is_parked_then_applied_once_the_attempt_exists(
         return stack.query(
             "SELECT tries, resolved_at, resolution FROM parked_callbacks"
             " WHERE connection_id = %s AND provider_event_id = %s",
-            conn.id, cb.event_id,
-        )  # fmt: skip
+            conn.id,
+            cb.event_id,
+        )
 
     wait_for(parked, timeout=30, what="the orphan parked")
     wait_for(lambda: int(parked()[0][0]) >= 2, timeout=30, what="parked retries")  # type: ignore[call-overload]

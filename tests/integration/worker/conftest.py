@@ -16,12 +16,9 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from paystream_config.crypto import KeyRingSettings, new_key_entry
 from paystream_core.ids import payload_hash, transaction_id
-from paystream_gateway_worker.deps import RawRecord, WorkerDeps
-from paystream_gateway_worker.resilience import Breakers
+from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.settings import GatewayWorkerSettings
-from paystream_gateways.credentials import KeyRing
 from paystream_gateways.protocol import (
     Gateway,
     Outcome,
@@ -29,9 +26,13 @@ from paystream_gateways.protocol import (
     StatusQuery,
     StatusResult,
 )
+from paystream_gateways.resilience import Breakers
+from paystream_keyring import KeyRing, KeyRingSettings, new_key_entry
 from paystream_messaging.cloudevents_codec import Event, encode
 from paystream_messaging.schemas import SchemaRegistry
-from paystream_storage.db import create_engine, sessionmaker
+from paystream_storage.db import create_engine
+from paystream_storage.payments import PgPaymentStore
+from paystream_streams.records import RawRecord
 from tests.support.databases import libpq
 
 Script = Callable[[PaymentRequest], Outcome]
@@ -102,9 +103,17 @@ class WorkerEnv:
         self.gateways[name].script = script
         return self.gateways[name]
 
-    def command(self, kind: str = "deposit", *, key: str | None = None, country: str = "DE",
-                amount_minor: int = 1000, account: str = "acc-1", tenant: uuid.UUID | None = None,
-                **extra: Any) -> tuple[uuid.UUID, RawRecord]:  # fmt: skip
+    def command(
+        self,
+        kind: str = "deposit",
+        *,
+        key: str | None = None,
+        country: str = "DE",
+        amount_minor: int = 1000,
+        account: str = "acc-1",
+        tenant: uuid.UUID | None = None,
+        **extra: Any,
+    ) -> tuple[uuid.UUID, RawRecord]:
         tenant = tenant or self.tenant
         key = key or str(uuid.uuid4())
         data: dict[str, Any] = {
@@ -125,11 +134,20 @@ class WorkerEnv:
             )
             import base64
 
-            data["destination"] = {"ciphertext": base64.b64encode(sealed.ciphertext).decode(),
-                                   "key_id": sealed.key_id, "masked": "DE89 **** 3000"}  # fmt: skip
-        event = Event(id=str(uuid.uuid4()), source="/test", type=f"paystream.{kind}.requested.v1",
-                      time=datetime.now(UTC), tenant_id=str(tenant), partition_key=account,
-                      data=data)  # fmt: skip
+            data["destination"] = {
+                "ciphertext": base64.b64encode(sealed.ciphertext).decode(),
+                "key_id": sealed.key_id,
+                "masked": "DE89 **** 3000",
+            }
+        event = Event(
+            id=str(uuid.uuid4()),
+            source="/test",
+            type=f"paystream.{kind}.requested.v1",
+            time=datetime.now(UTC),
+            tenant_id=str(tenant),
+            partition_key=account,
+            data=data,
+        )
         record = encode(event, self.registry)
         self.offset += 1
         raw = RawRecord("commands", 0, self.offset, record.key, record.value, record.headers)
@@ -204,7 +222,7 @@ def worker_env(primary_database_url: str) -> WorkerEnv:
     registry = SchemaRegistry()
     deps = WorkerDeps(
         settings=settings,
-        sessions=sessionmaker(create_engine(settings)),
+        store=PgPaymentStore(create_engine(settings), registry),
         registry=registry,
         gateways=Lookup({connections[n]: g for n, g in gateways.items()}),
         keyring=ring,

@@ -58,8 +58,9 @@ async def test_not_executed_falls_back_to_the_next_priority(worker_env: WorkerEn
     assert b.calls == [f"ps-{txn}-2"]
     attempts = worker_env.query(
         "SELECT seq, gateway_code, status, error_code FROM attempts WHERE transaction_id = %s"
-        " ORDER BY seq", txn
-    )  # fmt: skip
+        " ORDER BY seq",
+        txn,
+    )
     assert attempts == [
         (1, "gw_a", "not_executed", "connect_failed"),
         (2, "gw_b", "succeeded", None),

@@ -6,11 +6,11 @@ import uuid
 
 import pytest
 
-from paystream_gateway_worker.commands import intake
-from paystream_gateway_worker.deps import RawRecord
-from paystream_gateway_worker.execution import execute
+from paystream_gateway_worker.execution import Work, execute
 from paystream_gateway_worker.handler import handle
+from paystream_gateway_worker.intake import intake
 from paystream_gateways.protocol import Outcome, PaymentRequest, Succeeded
+from paystream_streams.records import RawRecord
 from tests.integration.worker.conftest import WorkerEnv
 
 pytestmark = pytest.mark.integration
@@ -87,10 +87,18 @@ async def test_poison_records_go_to_dead_letters(worker_env: WorkerEnv) -> None:
         RawRecord(
             "commands", 0, 101, b"k", b"{}", [("ce_type", b"paystream.deposit.requested.v1")]
         ),
-        RawRecord("commands", 0, 102, good.key, good.value,
-                  [(k, b"paystream.transaction.succeeded.v1" if k == "ce_type" else v)
-                   for k, v in good.headers]),
-    ]  # fmt: skip
+        RawRecord(
+            "commands",
+            0,
+            102,
+            good.key,
+            good.value,
+            [
+                (k, b"paystream.transaction.succeeded.v1" if k == "ce_type" else v)
+                for k, v in good.headers
+            ],
+        ),
+    ]
     _, unknown_tenant = worker_env.command(tenant=uuid.uuid4())
     for record in [*poisons, unknown_tenant]:
         await handle(worker_env.deps, record)
@@ -113,10 +121,9 @@ async def test_a_started_attempt_is_redone_with_the_same_key(worker_env: WorkerE
         raise RuntimeError("process killed mid-call")
 
     worker_env.gateway("gw_a", crash)
-    accepted = await intake(worker_env.deps, record)
-    assert accepted is not None
+    [accepted] = await intake(worker_env.deps, [record])
     with pytest.raises(RuntimeError):
-        await execute(worker_env.deps, accepted.tenant_id, accepted.transaction_id)
+        await execute(worker_env.deps, [Work(accepted.tenant_id, accepted.transaction_id)])
     assert worker_env.query("SELECT status FROM attempts WHERE transaction_id = %s", txn) == [
         ("started",)
     ]

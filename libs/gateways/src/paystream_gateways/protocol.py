@@ -15,10 +15,36 @@ from typing import Protocol
 
 from paystream_core.ids import attempt_idempotency_key
 from paystream_core.money import Money
+from paystream_core.outcomes import (
+    ActionRequired,
+    Declined,
+    NotFound,
+    Outcome,
+    Pending,
+    StatusResult,
+    Succeeded,
+)
 from paystream_core.statuses import TransactionType
 
 # Metadata keys adapters send to providers; a caller's metadata cannot override them.
 RESERVED_METADATA_PREFIX = "paystream_"
+
+# The answers a call returns are the core's values; adapters import them from here.
+__all__ = [
+    "ActionRequired",
+    "CallbackEvent",
+    "ClientOptions",
+    "Declined",
+    "Gateway",
+    "NotFound",
+    "Outcome",
+    "PaymentRequest",
+    "Pending",
+    "StatusQuery",
+    "StatusResult",
+    "Succeeded",
+    "header",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,55 +128,6 @@ class StatusQuery:
     kind: TransactionType
     idempotency_key: str
     provider_reference: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Succeeded:
-    provider_reference: str
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """Accepted; the final result arrives by callback (or a later status lookup)."""
-
-    provider_reference: str
-
-
-@dataclass(frozen=True, slots=True)
-class ActionRequired:
-    """The customer must act (3-D Secure, bank login) at `redirect_url`."""
-
-    provider_reference: str
-    redirect_url: str
-
-
-@dataclass(frozen=True, slots=True)
-class Declined:
-    """The provider refused. `retry_elsewhere`: another gateway may still succeed (soft
-    decline); False means the answer holds everywhere (insufficient funds, fraud...)."""
-
-    code: str
-    message: str
-    retry_elsewhere: bool
-    provider_reference: str | None = None
-
-
-Outcome = Succeeded | Pending | ActionRequired | Declined
-
-
-@dataclass(frozen=True, slots=True)
-class NotFound:
-    """The provider has no record of the attempt.
-
-    `conclusive` is True only when the lookup is strongly consistent (a list/lookup by our
-    reference), so absence proves the attempt never executed. Eventually consistent lookups
-    (Stripe search) return False: the caller must not fall back on that alone.
-    """
-
-    conclusive: bool
-
-
-StatusResult = Outcome | NotFound
 
 
 @dataclass(frozen=True, slots=True)

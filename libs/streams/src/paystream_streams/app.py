@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -55,3 +56,10 @@ class Lazy(Generic[T]):
             if self._value is None:
                 self._value = await self._build()
             return self._value
+
+
+def run(app: faust.App) -> None:
+    """Run `app` as this process's worker (faust's own runner, quiet, no web server: the
+    health server is ours)."""
+    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
+    app.main()

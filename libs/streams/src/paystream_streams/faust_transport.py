@@ -56,9 +56,11 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_offset(self, tp: Any) -> int | None:
         gaps = [interval.begin for interval in self._gap.get(tp, ())]
         if not head_is_done(
-            list(self._acked.get(tp, ())), gaps, self._committed_offset[tp],
+            list(self._acked.get(tp, ())),
+            gaps,
+            self._committed_offset[tp],
             self._first_seen.get(tp),
-        ):  # fmt: skip
+        ):
             return None
         new: int | None = super()._new_offset(tp)
         return new

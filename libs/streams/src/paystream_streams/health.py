@@ -6,9 +6,12 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, generate_latest
+import faust
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from paystream_streams.app import Lazy
 
 Report = Callable[[], tuple[int, dict[str, Any]]]
 
@@ -50,3 +53,54 @@ async def serve_health(host: str, port: int, report: Report, registry: Collector
     server = await asyncio.start_server(on_request, host, port)
     async with server:
         await server.serve_forever()
+
+
+class ProgressMetrics(Protocol):
+    """What a worker's metrics object offers the health server."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+    @property
+    def last_progress(self) -> float: ...
+
+    @property
+    def in_flight(self) -> Gauge: ...
+
+
+class HasProgress(Protocol):
+    @property
+    def metrics(self) -> ProgressMetrics: ...
+
+
+D = TypeVar("D", bound=HasProgress)
+
+
+def add_health_server(
+    app: faust.App,
+    deps: Lazy[D],
+    *,
+    host: str,
+    port: int,
+    stall_after_s: float,
+    extra: Callable[[D], dict[str, Any]] | None = None,
+) -> None:
+    """Serve /healthz (503 when in-flight work makes no progress) and /metrics from a faust
+    worker; port 0 serves nothing."""
+    if not port:
+        return
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def health() -> None:
+        d = await deps.get()
+
+        def report() -> tuple[int, dict[str, Any]]:
+            status, body = stall_report(
+                in_flight=d.metrics.in_flight._value.get(),
+                last_progress=d.metrics.last_progress,
+                stall_after_s=stall_after_s,
+                assigned=len(app.consumer.assignment()) if app.consumer else 0,
+            )
+            return status, {**body, **(extra(d) if extra else {})}
+
+        await serve_health(host, port, report, d.metrics.registry)

@@ -48,7 +48,7 @@ def serve_callback_ingress() -> None:
 @click.command("callback")
 def worker_callback() -> None:
     """Apply provider callbacks to transactions (faust; PAYSTREAM_CALLBACK_WORKER_*)."""
-    from paystream_callback_worker.main import run_callback_worker
+    from paystream_provider_reports.main import run_callback_worker
 
     logs.setup("callback-worker")
     try:
@@ -61,7 +61,7 @@ def worker_callback() -> None:
 def worker_reconciler() -> None:
     """Resolve pending/unknown transactions by provider lookups; expire stale actions
     (PAYSTREAM_RECONCILER_*)."""
-    from paystream_callback_worker.main import run_reconciler
+    from paystream_provider_reports.main import run_reconciler
 
     logs.setup("reconciler")
     try:
@@ -101,8 +101,8 @@ def transactions_unresolved(
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from paystream_callback_worker.settings import ReconcilerSettings
     from paystream_cli.admin import run_owner
+    from paystream_provider_reports.settings import ReconcilerSettings
 
     db = _settings(DatabaseSettings)
     horizon = older_than if older_than is not None else _horizon(ReconcilerSettings)
@@ -112,8 +112,7 @@ def transactions_unresolved(
         rows = await session.execute(
             text(
                 "SELECT tn.name, t.id, t.type, t.status, t.amount_minor, t.currency,"
-                " t.gateway_code, t.provider_reference, t.created_at, r.lookups,"
-                " r.last_lookup_at, r.last_result"
+                " t.gateway_code, t.created_at, r.lookups, r.last_result"
                 " FROM transactions t JOIN tenants tn ON tn.id = t.tenant_id"
                 " LEFT JOIN reconciliations r ON r.transaction_id = t.id"
                 " WHERE (t.status IN ('pending', 'unknown')"
@@ -138,8 +137,7 @@ def transactions_unresolved(
         f"{'tenant':<16} {'transaction':<36} {'type':<10} {'status':<10} {'amount':>14} "
         f"{'gateway':<10} {'age':>8} {'lookups':>7}  last result"
     )
-    for (tenant, txn, kind, status, amount, currency, gateway, _ref, created,
-         lookups, _last_at, last) in rows:  # fmt: skip
+    for tenant, txn, kind, status, amount, currency, gateway, created, lookups, last in rows:
         assert isinstance(created, datetime)
         age = f"{(now - created).total_seconds() / 3600:.1f}h"
         click.echo(

@@ -17,7 +17,7 @@ from paystream_gateway_worker.handler import handle
 from paystream_gateway_worker.settings import GatewayWorkerSettings
 from paystream_messaging import topics
 from paystream_streams.app import Lazy, faust_app, raw_topic
-from paystream_streams.health import serve_health, stall_report
+from paystream_streams.health import add_health_server
 from paystream_streams.records import RawRecord
 
 
@@ -34,23 +34,12 @@ def create_app(
         async for event in stream.events():
             await handle(await deps.get(), RawRecord.of(event.message))
 
-    if settings.worker_web_port:
-
-        @app.task  # type: ignore[untyped-decorator]
-        async def health() -> None:
-            d = await deps.get()
-
-            def report() -> tuple[int, dict[str, Any]]:
-                status, body = stall_report(
-                    in_flight=d.metrics.in_flight._value.get(),
-                    last_progress=d.metrics.last_progress,
-                    stall_after_s=settings.worker_stall_after_s,
-                    assigned=len(app.consumer.assignment()) if app.consumer else 0,
-                )
-                return status, {**body, "breakers": d.breakers.states()}
-
-            await serve_health(
-                settings.worker_web_host, settings.worker_web_port, report, d.metrics.registry
-            )
-
+    add_health_server(
+        app,
+        deps,
+        host=settings.worker_web_host,
+        port=settings.worker_web_port,
+        stall_after_s=settings.worker_stall_after_s,
+        extra=lambda d: {"breakers": d.breakers.states()},
+    )
     return app

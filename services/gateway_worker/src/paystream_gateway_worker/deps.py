@@ -6,17 +6,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
+from paystream_core.ports import PaymentStore
 from paystream_gateway_worker.metrics import WorkerMetrics
-from paystream_gateway_worker.resilience import Breakers
 from paystream_gateway_worker.settings import GatewayWorkerSettings
-from paystream_gateways.credentials import KeyRing
 from paystream_gateways.protocol import Gateway
+from paystream_gateways.resilience import Breakers
+from paystream_keyring import KeyRing
 from paystream_messaging.schemas import SchemaRegistry
-from paystream_streams.records import DeadLetters, RawRecord
-
-__all__ = ["DeadLetters", "GatewayLookup", "RawRecord", "WorkerDeps"]
+from paystream_streams.records import DeadLetters
 
 
 class GatewayLookup(Protocol):
@@ -26,10 +23,13 @@ class GatewayLookup(Protocol):
 @dataclass
 class WorkerDeps:
     settings: GatewayWorkerSettings
-    sessions: async_sessionmaker[AsyncSession]
+    store: PaymentStore
     registry: SchemaRegistry
     gateways: GatewayLookup
     keyring: KeyRing
     dead_letters: DeadLetters
     breakers: Breakers
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+
+    def count_dead(self, reason: str) -> None:
+        self.metrics.dead_letters.labels(reason).inc()

@@ -1,157 +1,177 @@
-"""Executing a stored transaction: gateways in priority order, safe fallback (design §3).
+"""Executing stored transactions: gateways in priority order, safe fallback (design §3).
+
+Rounds of plan -> call -> conclude, each a batch: plan records the attempts (committed
+before any provider is called), the calls run concurrently with no database transaction
+open, conclude writes every answer in one database transaction per tenant. A transaction
+whose attempt provably did not execute goes round again with the next gateway.
 
 Every step is resumable from the database: a redelivered command after a crash finds the
 last attempt and carries on. An attempt that was `started` may have reached the provider,
-so it is retried with the same idempotency key (the provider answers with what it did)
-before anything else happens. No DB transaction is open while a provider is called.
+so it is made again with the same idempotency key (the provider answers with what it did).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import logging
-import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from paystream_core.ids import attempt_idempotency_key
-from paystream_core.statuses import Status, TransactionType
-from paystream_gateway_worker import routing
-from paystream_gateway_worker.commands import SOURCE, destination_of
-from paystream_gateway_worker.deps import WorkerDeps
-from paystream_gateway_worker.resilience import call_with_resilience
-from paystream_gateways.errors import Ambiguous, GatewayError, NotExecuted
-from paystream_gateways.protocol import (
-    ActionRequired,
-    Declined,
-    Gateway,
-    NotFound,
-    Outcome,
-    PaymentRequest,
-    Pending,
-    StatusQuery,
-    Succeeded,
+from paystream_core.attempts import (
+    Blocked,
+    Conclude,
+    Exhausted,
+    FallBack,
+    NewAttempt,
+    Redo,
+    after_lookup,
+    next_step,
+    verdict,
 )
-from paystream_storage.db import tenant_session
-from paystream_storage.models import Attempt, Transaction
-from paystream_storage.transitions import lock_transaction, move
+from paystream_core.outcomes import AmbiguousCall, CallResult, NotExecutedCall
+from paystream_core.ports import AnomalyRecord, PaymentUnit
+from paystream_core.records import AttemptRecord, TransactionRecord
+from paystream_core.routing import candidates
+from paystream_core.statuses import OPEN_ATTEMPT, AttemptStatus, Status, TransactionType
+from paystream_core.transitions import Transition, transition
+from paystream_gateway_worker.deps import WorkerDeps
+from paystream_gateway_worker.intake import SOURCE
+from paystream_gateways.errors import Ambiguous, GatewayError, NotExecuted
+from paystream_gateways.protocol import Gateway, PaymentRequest, StatusQuery, StatusResult
+from paystream_gateways.resilience import call_with_resilience
+from paystream_keyring import Sealed
 
 log = logging.getLogger(__name__)
 
-_CODE = re.compile(r"[^a-z0-9_.]+")
+ANOMALY_SOURCE = "worker"  # anomalies.source: callback | reconciler | worker
+# How often a round may find its attempt taken by a racing worker before giving up on the
+# transaction for this delivery (the racing worker carries it).
+_MAX_RACES = 3
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
+class Work:
+    tenant_id: uuid.UUID
+    transaction_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
     """The attempt to make now (a new one or the unfinished one to redo) and its request."""
 
+    tenant_id: uuid.UUID
+    transaction_id: uuid.UUID
     seq: int
     gateway: str
     connection_id: uuid.UUID
-    new: bool
     request: PaymentRequest
     kind: TransactionType
 
 
-@dataclass(frozen=True, slots=True)
-class _Skip:
-    """This attempt provably did not execute: record why and try the next gateway."""
-
-    status: str
-    error_class: str
-    code: str
-    message: str
-
-
-def failure_code(raw: str) -> str:
-    """Provider codes made safe for the outcome schema (^[a-z0-9_.]{1,64}$)."""
-    return (_CODE.sub("_", raw.lower()).strip("_") or "unknown")[:64]
+async def execute(deps: WorkerDeps, work: Sequence[Work]) -> None:
+    """Drive the transactions until none is left in `processing` with a gateway to try."""
+    pending = list(dict.fromkeys(work))
+    while pending:
+        plans = await _plan(deps, pending)
+        results = await asyncio.gather(*(_call(deps, plan) for plan in plans))
+        pending = await _conclude(deps, list(zip(plans, results, strict=True)))
 
 
-async def execute(deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID) -> None:
-    """Drive the transaction until it leaves `processing` (or is not in it)."""
-    while True:
-        plan = await _next_plan(deps, tenant_id, txn_id)
-        if plan is None:
-            return
-        result = await _call(deps, tenant_id, txn_id, plan)
-        if isinstance(result, _Skip):
-            await _finish_attempt(deps, tenant_id, txn_id, plan, result)
-            continue
-        await _conclude(deps, tenant_id, txn_id, plan, result)
-        return
+def _by_tenant(items: Sequence[Any]) -> dict[uuid.UUID, list[Any]]:
+    grouped: dict[uuid.UUID, list[Any]] = {}
+    for item in items:
+        grouped.setdefault(item.tenant_id, []).append(item)
+    return grouped
 
 
-async def _next_plan(deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID) -> _Plan | None:
-    for _ in range(3):
-        try:
-            return await _plan_once(deps, tenant_id, txn_id)
-        except IntegrityError:
-            # Another worker (a redelivery racing this one) recorded the attempt: read it.
-            continue
-    return await _plan_once(deps, tenant_id, txn_id)
+# --- plan ------------------------------------------------------------------------------------
 
 
-async def _plan_once(deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID) -> _Plan | None:
-    async with tenant_session(deps.sessions, tenant_id) as session:
-        txn = await lock_transaction(session, txn_id)
-        if txn is None or txn.status != Status.PROCESSING:
-            return None  # finished, waiting for a callback, or with the reconciler
-        attempts = list(
-            (
-                await session.execute(
-                    select(Attempt).where(Attempt.transaction_id == txn_id).order_by(Attempt.seq)
+async def _plan(deps: WorkerDeps, work: Sequence[Work]) -> list[Plan]:
+    plans: list[Plan] = []
+    for tenant_id, items in _by_tenant(work).items():
+        async with deps.store.unit(tenant_id) as unit:
+            plans += await _plan_tenant(deps, unit, [w.transaction_id for w in items])
+    return plans
+
+
+async def _plan_tenant(deps: WorkerDeps, unit: PaymentUnit, txn_ids: list[uuid.UUID]) -> list[Plan]:
+    txns = await unit.lock_transactions(txn_ids)
+    plans: list[Plan] = []
+    failures: list[Transition] = []
+    todo = [txns[i] for i in txn_ids if i in txns]
+    for _ in range(_MAX_RACES):
+        if not todo:
+            break
+        attempts = await unit.attempts([t.id for t in todo])
+        new: list[tuple[TransactionRecord, AttemptRecord]] = []
+        for txn in todo:
+            step = next_step(txn, attempts[txn.id], await _candidates(unit, txn))
+            match step:
+                case None:
+                    continue  # finished, waiting for a callback, or with the reconciler
+                case Redo(attempt=attempt):
+                    plans.append(
+                        _plan_of(
+                            deps, txn, attempt.seq, attempt.gateway_code, attempt.connection_id
+                        )
+                    )
+                case NewAttempt(seq=seq, candidate=candidate, idempotency_key=key):
+                    record = AttemptRecord(
+                        id=uuid.uuid4(),
+                        tenant_id=txn.tenant_id,
+                        transaction_id=txn.id,
+                        seq=seq,
+                        gateway_code=candidate.gateway,
+                        connection_id=candidate.connection_id,
+                        idempotency_key=key,
+                        status=AttemptStatus.STARTED,
+                    )
+                    new.append((txn, record))
+                case Exhausted(code=code, message=message):
+                    move = transition(
+                        txn, Status.FAILED, at=datetime.now(UTC), failure=(code, message)
+                    )
+                    assert move is not None  # processing -> failed
+                    failures.append(move)
+                    deps.metrics.commands.labels("failed_all_gateways").inc()
+                case Blocked(reason=reason):
+                    log.error("transaction %s cannot go on: %s", txn.id, reason)
+        inserted = await unit.add_attempts([record for _, record in new])
+        todo = []
+        for txn, record in new:
+            if record.id in inserted:
+                plans.append(
+                    _plan_of(deps, txn, record.seq, record.gateway_code, record.connection_id)
                 )
-            ).scalars()
-        )
-        if attempts and attempts[-1].status == "started":
-            last = attempts[-1]
-            return _plan(deps, txn, last.seq, last.gateway_code, last.connection_id, new=False)
-        tried = {a.gateway_code for a in attempts}
-        routes = await routing.candidates(
-            session,
-            tenant_id=tenant_id,
-            country=txn.country,
-            kind=txn.type,
-            currency=txn.currency,
-            amount_minor=txn.amount_minor,
-        )
-        remaining = [r for r in routes if r.gateway not in tried]
-        if not remaining:
-            reasons = (
-                "; ".join(f"{a.gateway_code}: {a.error_code or a.status}" for a in attempts)
-                or "no gateway left to try"
-            )
-            await move(session, deps.registry, txn, Status.FAILED, source=SOURCE,
-                       failure=("all_gateways_failed", reasons))  # fmt: skip
-            deps.metrics.commands.labels("failed_all_gateways").inc()
-            return None
-        route = remaining[0]
-        seq = len(attempts) + 1
-        session.add(
-            Attempt(
-                id=uuid.uuid4(),
-                tenant_id=tenant_id,
-                transaction_id=txn_id,
-                seq=seq,
-                gateway_code=route.gateway,
-                connection_id=route.connection_id,
-                idempotency_key=attempt_idempotency_key(txn_id, seq),
-                status="started",
-            )
-        )
-        await session.flush()  # IntegrityError if a racing worker recorded this seq first
-        return _plan(deps, txn, seq, route.gateway, route.connection_id, new=True)
+            else:
+                todo.append(txn)  # a racing worker recorded this seq first: read it again
+    if failures:
+        await unit.apply(failures, source=SOURCE)
+    return plans
 
 
-def _plan(
-    deps: WorkerDeps, txn: Transaction, seq: int, gateway: str, connection: uuid.UUID, *, new: bool
-) -> _Plan:
+async def _candidates(unit: PaymentUnit, txn: TransactionRecord) -> list[Any]:
+    routes, connections = await unit.routing(txn.country, txn.type)
+    return candidates(
+        routes,
+        connections,
+        country=txn.country,
+        kind=txn.type,
+        currency=txn.currency,
+        amount_minor=txn.amount_minor,
+    )
+
+
+def _plan_of(
+    deps: WorkerDeps, txn: TransactionRecord, seq: int, gateway: str, connection: uuid.UUID
+) -> Plan:
     request = PaymentRequest.for_attempt(
         txn.id,
         seq,
@@ -160,18 +180,30 @@ def _plan(
         currency=txn.currency,
         country=txn.country,
         payment_method=txn.payment_method,
-        destination=destination_of(deps, txn),
-        metadata=txn.metadata_,
+        destination=_destination(deps, txn),
+        metadata=txn.metadata,
         tenant_id=txn.tenant_id,
     )
-    return _Plan(seq, gateway, connection, new, request, TransactionType(txn.type))
+    return Plan(txn.tenant_id, txn.id, seq, gateway, connection, request, txn.type)
 
 
-async def _call(
-    deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID, plan: _Plan
-) -> Outcome | _Skip | Ambiguous:
+def _destination(deps: WorkerDeps, txn: TransactionRecord) -> dict[str, Any] | None:
+    """The cleartext bank details of a withdrawal, for the provider call only."""
+    if txn.destination_ciphertext is None or txn.destination_key_id is None:
+        return None
+    sealed = Sealed(txn.destination_key_id, txn.destination_ciphertext)
+    value: dict[str, Any] = json.loads(deps.keyring.open(txn.tenant_id, txn.id, sealed))
+    return value
+
+
+# --- call ------------------------------------------------------------------------------------
+
+
+async def _call(deps: WorkerDeps, plan: Plan) -> CallResult:
+    """The provider's answer as a value: an outcome, or a failure that says whether the
+    call may have executed. No database transaction is open here."""
     request, kind = plan.request, plan.kind
-    gateway = await deps.gateways.get(tenant_id, plan.connection_id)
+    gateway = await deps.gateways.get(plan.tenant_id, plan.connection_id)
     breaker = deps.breakers.of(plan.gateway)
     operation = gateway.deposit if kind == TransactionType.DEPOSIT else gateway.withdraw
     started = time.monotonic()
@@ -186,115 +218,138 @@ async def _call(
         )
     except NotExecuted as exc:
         deps.metrics.attempts.labels(plan.gateway, f"not_executed_{exc.reason}").inc()
-        return _Skip("not_executed", "not_executed", failure_code(str(exc.reason)), exc.message)
+        return NotExecutedCall(str(exc.reason), exc.message)
     except Ambiguous as exc:
         deps.metrics.attempts.labels(plan.gateway, "ambiguous").inc()
-        resolved = await _look_up(deps, gateway, kind, request, plan, exc)
-        return resolved
+        found = await _look_up(gateway, kind, request)
+        return after_lookup(AmbiguousCall(str(exc.reason), exc.message), found, plan.gateway)
     finally:
         deps.metrics.call_seconds.labels(plan.gateway).observe(time.monotonic() - started)
         deps.metrics.breaker_open.labels(plan.gateway).set(
             1 if str(breaker.current_state) == "open" else 0
         )
     deps.metrics.attempts.labels(plan.gateway, type(outcome).__name__.lower()).inc()
-    if isinstance(outcome, Declined) and outcome.retry_elsewhere:
-        return _Skip("declined", "declined", failure_code(outcome.code), outcome.message)
     return outcome
 
 
 async def _look_up(
-    deps: WorkerDeps,
-    gateway: Gateway,
-    kind: TransactionType,
-    request: PaymentRequest,
-    plan: _Plan,
-    error: Ambiguous,
-) -> Outcome | _Skip | Ambiguous:
+    gateway: Gateway, kind: TransactionType, request: PaymentRequest
+) -> StatusResult | None:
     """After retries stayed ambiguous: ask the provider what it did with our key."""
-    status = gateway.status
     try:
-        found = await status(StatusQuery(kind=kind, idempotency_key=request.idempotency_key))
+        return await gateway.status(StatusQuery(kind=kind, idempotency_key=request.idempotency_key))
     except GatewayError as exc:
         log.warning("status lookup for %s failed: %s", request.idempotency_key, exc)
-        return error
-    if isinstance(found, NotFound):
-        if found.conclusive:
-            detail = f"ambiguous ({error.reason}), then proven absent at {plan.gateway}"
-            return _Skip("not_executed", "not_executed", "absent_at_provider", detail)
-        return error
-    return found
+        return None
 
 
-async def _finish_attempt(
-    deps: WorkerDeps, tenant_id: uuid.UUID, txn_id: uuid.UUID, plan: _Plan, skip: _Skip
-) -> None:
-    async with tenant_session(deps.sessions, tenant_id) as session:
-        attempt = await _attempt(session, txn_id, plan.seq)
-        if attempt.status == "started":
-            attempt.status = skip.status
-            attempt.error_class = skip.error_class
-            attempt.error_code = skip.code
-            attempt.error_message = skip.message[:2000]
-            attempt.finished_at = datetime.now(UTC)
-    log.info("transaction %s attempt %d at %s: %s (%s), trying the next gateway",
-             txn_id, plan.seq, plan.gateway, skip.status, skip.code)  # fmt: skip
+# --- conclude --------------------------------------------------------------------------------
 
 
-async def _conclude(
+async def _conclude(deps: WorkerDeps, answered: list[tuple[Plan, CallResult]]) -> list[Work]:
+    """Write every answer; returns the transactions to try on the next gateway."""
+    again: list[Work] = []
+    for tenant_id, items in _by_tenant([plan for plan, _ in answered]).items():
+        results = {plan.transaction_id: r for plan, r in answered if plan.tenant_id == tenant_id}
+        async with deps.store.unit(tenant_id) as unit:
+            again += await _conclude_tenant(deps, unit, items, results)
+    return again
+
+
+async def _conclude_tenant(
     deps: WorkerDeps,
-    tenant_id: uuid.UUID,
-    txn_id: uuid.UUID,
-    plan: _Plan,
-    result: Outcome | Ambiguous,
-) -> None:
-    async with tenant_session(deps.sessions, tenant_id) as session:
-        txn = await lock_transaction(session, txn_id)
-        attempt = await _attempt(session, txn_id, plan.seq)
-        assert txn is not None
-        now = datetime.now(UTC)
-        reference = getattr(result, "provider_reference", None)
-        attempt.finished_at = now
-        attempt.provider_reference = reference
+    unit: PaymentUnit,
+    plans: Sequence[Plan],
+    results: dict[uuid.UUID, CallResult],
+) -> list[Work]:
+    ids = [plan.transaction_id for plan in plans]
+    txns = await unit.lock_transactions(ids)
+    attempts = await unit.attempts(ids, lock=True)
+    now = datetime.now(UTC)
+    again: list[Work] = []
+    saved: list[AttemptRecord] = []
+    moves: list[Transition] = []
+    anomalies: list[AnomalyRecord] = []
+    for plan in plans:
+        txn = txns[plan.transaction_id]
+        attempt = next(a for a in attempts[txn.id] if a.seq == plan.seq)
+        decided = verdict(results[txn.id])
+        result = decided.attempt
+        # A callback may have settled the attempt while we waited for the answer: what it
+        # recorded stands (reports settle attempts forward only). A fallback only ever
+        # finishes an attempt that is still just started.
+        settles = OPEN_ATTEMPT if isinstance(decided, Conclude) else {AttemptStatus.STARTED}
+        if attempt.status in settles:
+            saved.append(
+                dataclasses.replace(
+                    attempt,
+                    status=result.status,
+                    provider_reference=result.provider_reference or attempt.provider_reference,
+                    error_class=result.error_class,
+                    error_code=result.error_code,
+                    error_message=result.error_message,
+                    finished_at=now,
+                )
+            )
+        if isinstance(decided, FallBack):
+            log.info(
+                "transaction %s attempt %d at %s: %s (%s), trying the next gateway",
+                txn.id,
+                plan.seq,
+                plan.gateway,
+                result.status,
+                result.error_code,
+            )
+            again.append(Work(plan.tenant_id, txn.id))
+            continue
+        assert isinstance(decided, Conclude)
+        move = transition(
+            txn,
+            decided.status,
+            at=now,
+            gateway=plan.gateway,
+            provider_reference=decided.provider_reference,
+            failure=decided.failure,
+            redirect_url=decided.redirect_url,
+        )
+        if move is None:
+            deps.metrics.commands.labels(txn.status.value).inc()
+            if txn.status.terminal and decided.status.terminal and txn.status != decided.status:
+                # A callback finished the transaction while we waited, and the provider's
+                # own answer now says otherwise: money may have moved against our books.
+                anomalies.append(_contradiction(deps, txn, plan, decided.status))
+                continue
+            log.info(
+                "transaction %s already moved on (%s); result of attempt %d kept on the attempt",
+                txn.id,
+                txn.status,
+                plan.seq,
+            )
+            continue
+        moves.append(move)
+        deps.metrics.commands.labels(move.after.status.value).inc()
+    await unit.save_attempts(saved)
+    await unit.apply(moves, source=SOURCE)
+    await unit.add_anomalies(anomalies)
+    return again
 
-        async def to(
-            status: Status, failure: tuple[str, str] | None = None, url: str | None = None
-        ) -> bool:
-            assert txn is not None
-            return await move(session, deps.registry, txn, status, source=SOURCE,
-                              gateway=plan.gateway, provider_reference=reference,
-                              failure=failure, redirect_url=url)  # fmt: skip
 
-        match result:
-            case Succeeded():
-                attempt.status = "succeeded"
-                moved = await to(Status.SUCCEEDED)
-            case Pending():
-                attempt.status = "pending"
-                moved = await to(Status.PENDING)
-            case ActionRequired(redirect_url=url):
-                attempt.status = "action_required"
-                moved = await to(Status.ACTION_REQUIRED, url=url)
-            case Declined(code=code, message=message):
-                attempt.status = "declined"
-                attempt.error_class, attempt.error_code = "declined", failure_code(code)
-                attempt.error_message = message[:2000]
-                moved = await to(Status.FAILED, failure=(failure_code(code), message))
-            case Ambiguous():
-                attempt.status = "ambiguous"
-                attempt.error_class, attempt.error_code = "ambiguous", failure_code(result.reason)
-                attempt.error_message = result.message[:2000]
-                moved = await to(Status.UNKNOWN)
-        deps.metrics.commands.labels(txn.status).inc()
-    if not moved:
-        log.info("transaction %s already moved on (%s); result of attempt %d kept on the attempt",
-                 txn_id, txn.status, plan.seq)  # fmt: skip
-
-
-async def _attempt(session: AsyncSession, txn_id: uuid.UUID, seq: int) -> Attempt:
-    result = await session.execute(
-        select(Attempt)
-        .where(Attempt.transaction_id == txn_id, Attempt.seq == seq)
-        .with_for_update()
+def _contradiction(
+    deps: WorkerDeps, txn: TransactionRecord, plan: Plan, answered: Status
+) -> AnomalyRecord:
+    detail = (
+        f"transaction is {txn.status.value}, the provider answered attempt {plan.seq} at"
+        f" {plan.gateway} with {answered.value}"
     )
-    attempt: Attempt = result.scalar_one()
-    return attempt
+    deps.metrics.anomalies.labels(ANOMALY_SOURCE, "contradiction").inc()
+    log.error("ANOMALY contradiction from %s: transaction %s: %s", ANOMALY_SOURCE, txn.id, detail)
+    return AnomalyRecord(
+        tenant_id=txn.tenant_id,
+        source=ANOMALY_SOURCE,
+        kind="contradiction",
+        detail=detail,
+        transaction_id=txn.id,
+        connection_id=plan.connection_id,
+        transaction_status=txn.status.value,
+        reported_status=answered.value,
+    )

@@ -2,41 +2,39 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Awaitable, Callable
 
 from paystream_config import load
-from paystream_config.crypto import KeyRingSettings
 from paystream_gateway_worker.app import create_app
 from paystream_gateway_worker.deps import WorkerDeps
-from paystream_gateway_worker.resilience import Breakers
 from paystream_gateway_worker.settings import GatewayWorkerSettings
-from paystream_gateways.credentials import KeyRing
 from paystream_gateways.manager import DbConnectionSource, GatewayManager
 from paystream_gateways.protocol import ClientOptions
+from paystream_gateways.resilience import Breakers
+from paystream_keyring import KeyRing, KeyRingSettings
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.db import create_engine, sessionmaker
+from paystream_storage.payments import PgPaymentStore
+from paystream_streams import app as streams
 from paystream_streams.records import KafkaDeadLetters
-
-log = logging.getLogger(__name__)
 
 
 def build_deps_factory(
     settings: GatewayWorkerSettings, ring: KeyRing
 ) -> Callable[[], Awaitable[WorkerDeps]]:
     async def build() -> WorkerDeps:
-        sessions = sessionmaker(create_engine(settings))
+        engine = create_engine(settings)
+        registry = SchemaRegistry()
         publisher = AsyncPublisher(producer_config(settings, "paystream-gateway-worker"))
         return WorkerDeps(
             settings=settings,
-            sessions=sessions,
-            registry=SchemaRegistry(),
+            store=PgPaymentStore(engine, registry),
+            registry=registry,
             gateways=GatewayManager(
-                DbConnectionSource(sessions),
+                DbConnectionSource(sessionmaker(engine)),
                 ring,
                 options=ClientOptions(
                     connect_timeout_s=settings.gateway_connect_timeout_s,
@@ -56,6 +54,4 @@ def build_deps_factory(
 def run() -> None:
     settings = load(GatewayWorkerSettings)
     ring = KeyRing.from_settings(load(KeyRingSettings))
-    app = create_app(settings, build_deps_factory(settings, ring))
-    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
-    app.main()
+    streams.run(create_app(settings, build_deps_factory(settings, ring)))

@@ -13,12 +13,12 @@ from typing import Any
 
 import faust
 
-from paystream_callback_worker.deps import CallbackDeps
-from paystream_callback_worker.handler import handle, retry_parked
-from paystream_callback_worker.settings import CallbackWorkerSettings
 from paystream_messaging import topics
+from paystream_provider_reports.deps import CallbackDeps
+from paystream_provider_reports.handler import handle, retry_parked
+from paystream_provider_reports.settings import CallbackWorkerSettings
 from paystream_streams.app import Lazy, faust_app, raw_topic
-from paystream_streams.health import serve_health, stall_report
+from paystream_streams.health import add_health_server
 from paystream_streams.records import RawRecord
 
 log = logging.getLogger(__name__)
@@ -53,25 +53,11 @@ def create_app(
         if counts:
             log.info("parked callback sweep: %s", counts)
 
-    if settings.callback_worker_web_port:
-
-        @app.task  # type: ignore[untyped-decorator]
-        async def health() -> None:
-            d = await deps()
-
-            def report() -> tuple[int, dict[str, Any]]:
-                return stall_report(
-                    in_flight=d.metrics.in_flight._value.get(),
-                    last_progress=d.metrics.last_progress,
-                    stall_after_s=settings.callback_worker_stall_after_s,
-                    assigned=len(app.consumer.assignment()) if app.consumer else 0,
-                )
-
-            await serve_health(
-                settings.callback_worker_web_host,
-                settings.callback_worker_web_port,
-                report,
-                d.metrics.registry,
-            )
-
+    add_health_server(
+        app,
+        lazy,
+        host=settings.callback_worker_web_host,
+        port=settings.callback_worker_web_port,
+        stall_after_s=settings.callback_worker_stall_after_s,
+    )
     return app

@@ -1,224 +1,164 @@
-"""A provider's word on one attempt, applied to its transaction (callbacks and lookups).
+"""Provider reports (callbacks and status lookups) applied to their transactions.
 
-Same code path as the gateway worker: `transitions.move` (forward-only state machine,
-ledger postings, outcome event through the outbox) in the caller's DB transaction, with
-the transaction row locked. What the state machine refuses is sorted into "stale" (an
-older report arriving late: expected, ignored) and an anomaly (a report that contradicts
-a final status, or concerns an attempt we had given up on): kept, counted and logged.
+The rules are `paystream_core.reports.judge`; this module reads what they need through the
+storage port and writes what they decide, in the caller's unit: attempts, state changes
+(ledger and outcome event included) and anomalies, all in one database transaction.
+Transactions are locked before their attempts, the gateway worker's order: no deadlock.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from paystream_callback_worker.metrics import CallbackMetrics
+from paystream_core.outcomes import Outcome
+from paystream_core.ports import AnomalyRecord, AttemptKey, PaymentUnit
+from paystream_core.records import AttemptRecord, TransactionRecord
+from paystream_core.reports import Anomaly, Applied, judge
 from paystream_core.statuses import Status, TransactionType
-from paystream_gateway_worker.execution import failure_code
-from paystream_gateways.protocol import ActionRequired, Declined, Outcome, Pending, Succeeded
-from paystream_messaging.schemas import SchemaRegistry
-from paystream_storage.models import Anomaly, Attempt, Transaction
-from paystream_storage.transitions import lock_transaction, move
+from paystream_core.transitions import Transition
+from paystream_provider_reports.metrics import CallbackMetrics
 
 log = logging.getLogger(__name__)
 
-# Attempt statuses a later report may still settle (the others are final or superseded).
-_OPEN_ATTEMPT = frozenset({"started", "pending", "action_required", "ambiguous"})
-# Attempt statuses under which we moved on to another gateway: it must not have executed.
-_ABANDONED_ATTEMPT = frozenset({"not_executed", "declined"})
-
-
-def target_status(outcome: Outcome) -> Status:
-    match outcome:
-        case Succeeded():
-            return Status.SUCCEEDED
-        case Pending():
-            return Status.PENDING
-        case ActionRequired():
-            return Status.ACTION_REQUIRED
-        case Declined():
-            return Status.FAILED
-    raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
+MAX_ANOMALY_DETAIL = 4000
 
 
 @dataclass(frozen=True, slots=True)
-class Applied:
-    result: str  # moved | unchanged | stale | anomaly | superseded
-    status: str  # the transaction's status afterwards
+class Source:
+    """Where reports came from, for outcome events, anomalies and logs."""
 
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """Where a report came from, for events, anomalies and logs."""
-
-    source: str  # CloudEvent source of the outcome event
+    event_source: str  # CloudEvent source of the outcome events
     origin: str  # callback | reconciler
-    connection_id: uuid.UUID
-    event_id: str | None = None
 
 
-async def find_attempt(
-    session: AsyncSession,
-    connection_id: uuid.UUID,
-    reference: str | None,
-    provider_reference: str | None,
-) -> Attempt | None:
-    """The attempt a report is about: by our idempotency key when the provider echoed it,
-    else by the provider's reference. Only within the reporting connection, so one
-    connection's (verified) callback can never move another connection's payments."""
-    if reference:
-        found = (
-            await session.execute(
-                select(Attempt).where(
-                    Attempt.idempotency_key == reference, Attempt.connection_id == connection_id
-                )
-            )
-        ).scalar_one_or_none()
-        if found is not None:
-            return found
-    if provider_reference:
-        return (
-            await session.execute(
-                select(Attempt)
-                .where(
-                    Attempt.provider_reference == provider_reference,
-                    Attempt.connection_id == connection_id,
-                )
-                .order_by(Attempt.seq.desc())
-                .limit(1)
-            )
-        ).scalar_one_or_none()
-    return None
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One provider report about the attempt `key` names."""
+
+    key: AttemptKey
+    outcome: Outcome
+    kind: TransactionType | None  # what the provider says the payment is (None: unknown)
+    event_id: str | None = None  # the provider's event id, for anomalies and logs
 
 
-async def lock_for_report(
-    session: AsyncSession, attempt: Attempt
-) -> tuple[Transaction, Attempt, int]:
-    """Lock the transaction, then the attempt (the gateway worker's order: no deadlock),
-    and return the number of the transaction's latest attempt."""
-    txn = await lock_transaction(session, attempt.transaction_id)
-    assert txn is not None  # attempts reference their transaction
-    locked = (
-        await session.execute(select(Attempt).where(Attempt.id == attempt.id).with_for_update())
-    ).scalar_one()
-    await session.refresh(locked)
-    latest = (
-        await session.execute(select(func.max(Attempt.seq)).where(Attempt.transaction_id == txn.id))
-    ).scalar_one()
-    return txn, locked, int(latest)
+@dataclass(frozen=True, slots=True)
+class Result:
+    applied: Applied
+    status: Status  # the transaction's status afterwards
 
 
-async def apply_outcome(
-    session: AsyncSession,
-    registry: SchemaRegistry,
+async def apply_reports(
+    unit: PaymentUnit,
     metrics: CallbackMetrics,
-    *,
-    txn: Transaction,
-    attempt: Attempt,
-    latest_seq: int,
-    outcome: Outcome,
-    kind: TransactionType | None,
-    report: Report,
-) -> Applied:
-    target = target_status(outcome)
-    current = Status(txn.status)
-    reference = outcome.provider_reference or None
-
-    async def anomaly(name: str, detail: str) -> Applied:
-        await record_anomaly(
-            session, metrics, txn=txn, report=report, kind=name,
-            reported=target.value, detail=detail,
-        )  # fmt: skip
-        return Applied("anomaly", txn.status)
-
-    if kind is not None and kind.value != txn.type:
-        return await anomaly(
-            "type_mismatch", f"provider reports a {kind.value} for a {txn.type} transaction"
-        )
-    if attempt.seq != latest_seq:
-        # We moved on from this attempt (it proved not executed, or was declined). A report
-        # that it did execute means money may move twice: a human must look.
-        if attempt.status in _ABANDONED_ATTEMPT and target != Status.FAILED:
-            return await anomaly(
-                "superseded_attempt_executed",
-                f"attempt {attempt.seq} at {attempt.gateway_code} was {attempt.status} and"
-                f" superseded by attempt {latest_seq}, but the provider reports {target.value}",
+    source: Source,
+    reports: Sequence[Incoming],
+) -> list[Result | None]:
+    """Apply each report in order; None for a report whose attempt is not known (an orphan).
+    Several reports about one transaction apply one after the other."""
+    found = await unit.find_attempts([r.key for r in reports])
+    txn_ids = {a.transaction_id for a in found.values()}
+    txns: dict[uuid.UUID, TransactionRecord] = await unit.lock_transactions(txn_ids)
+    attempts: dict[uuid.UUID, AttemptRecord] = {
+        a.id: a for group in (await unit.attempts(txn_ids, lock=True)).values() for a in group
+    }
+    latest: dict[uuid.UUID, int] = {}
+    for a in attempts.values():
+        latest[a.transaction_id] = max(latest.get(a.transaction_id, 0), a.seq)
+    now = datetime.now(UTC)
+    results: list[Result | None] = []
+    moves: list[Transition] = []
+    saved: dict[uuid.UUID, AttemptRecord] = {}
+    anomalies: list[AnomalyRecord] = []
+    for report in reports:
+        named = found.get(report.key)
+        if named is None:
+            results.append(None)
+            continue
+        txn = txns[named.transaction_id]
+        attempt = attempts[named.id]
+        verdict = judge(txn, attempt, latest[txn.id], report.outcome, report.kind, at=now)
+        if verdict.attempt is not None:
+            attempts[attempt.id] = saved[attempt.id] = verdict.attempt
+        if verdict.anomaly is not None:
+            anomalies.append(_anomaly(metrics, source, report, txn, verdict.anomaly))
+        if verdict.transition is not None:
+            moves.append(verdict.transition)
+            txns[txn.id] = txn = verdict.transition.after
+            log.info(
+                "transaction %s: %s -> %s (%s %s)",
+                txn.id,
+                verdict.transition.before.status.value,
+                txn.status.value,
+                source.origin,
+                report.event_id or "",
             )
-        return Applied("superseded", txn.status)
-    _record_on_attempt(attempt, outcome)
-    if current == target:
-        return Applied("unchanged", txn.status)
-    failure = (
-        (failure_code(outcome.code), outcome.message) if isinstance(outcome, Declined) else None
+        results.append(Result(verdict.result, txn.status))
+    await unit.save_attempts(list(saved.values()))
+    await unit.apply(moves, source=source.event_source)
+    await unit.add_anomalies(anomalies)
+    return results
+
+
+def _anomaly(
+    metrics: CallbackMetrics,
+    source: Source,
+    report: Incoming,
+    txn: TransactionRecord,
+    anomaly: Anomaly,
+) -> AnomalyRecord:
+    metrics.anomalies.labels(source.origin, anomaly.kind).inc()
+    log.error(
+        "ANOMALY %s from %s: transaction %s: %s",
+        anomaly.kind,
+        source.origin,
+        txn.id,
+        anomaly.detail,
     )
-    redirect = outcome.redirect_url if isinstance(outcome, ActionRequired) else None
-    moved = await move(
-        session, registry, txn, target, source=report.source, gateway=attempt.gateway_code,
-        provider_reference=reference, failure=failure, redirect_url=redirect,
-    )  # fmt: skip
-    if moved:
-        log.info("transaction %s: %s -> %s (%s %s)", txn.id, current.value, target.value,
-                 report.origin, report.event_id or "")  # fmt: skip
-        return Applied("moved", txn.status)
-    if current.terminal and target.terminal:
-        return await anomaly(
-            "contradiction", f"transaction is {current.value}, provider reports {target.value}"
-        )
-    return Applied("stale", txn.status)
+    return AnomalyRecord(
+        tenant_id=txn.tenant_id,
+        transaction_id=txn.id,
+        connection_id=report.key.connection_id,
+        source=source.origin,
+        kind=anomaly.kind,
+        provider_event_id=(report.event_id or "")[:255] or None,
+        transaction_status=txn.status.value,
+        reported_status=anomaly.reported,
+        detail=anomaly.detail[:MAX_ANOMALY_DETAIL],
+    )
 
 
-def _record_on_attempt(attempt: Attempt, outcome: Outcome) -> None:
-    if outcome.provider_reference and not attempt.provider_reference:
-        attempt.provider_reference = outcome.provider_reference
-    if attempt.status not in _OPEN_ATTEMPT:
-        return
-    match outcome:
-        case Succeeded():
-            attempt.status = "succeeded"
-        case Pending():
-            attempt.status = "pending"
-        case ActionRequired():
-            attempt.status = "action_required"
-        case Declined(code=code, message=message):
-            attempt.status = "declined"
-            attempt.error_class, attempt.error_code = "declined", failure_code(code)
-            attempt.error_message = message[:2000]
-    if attempt.status in ("succeeded", "declined"):
-        attempt.finished_at = datetime.now(UTC)
-
-
-async def record_anomaly(
-    session: AsyncSession,
+def unattached_anomaly(
     metrics: CallbackMetrics,
     *,
-    txn: Transaction | None,
-    report: Report,
+    tenant_id: uuid.UUID,
+    connection_id: uuid.UUID,
+    origin: str,
     kind: str,
     detail: str,
-    reported: str | None = None,
-    tenant_id: uuid.UUID | None = None,
-) -> None:
-    tenant = txn.tenant_id if txn is not None else tenant_id
-    assert tenant is not None
-    session.add(
-        Anomaly(
-            tenant_id=tenant,
-            transaction_id=txn.id if txn is not None else None,
-            connection_id=report.connection_id,
-            source=report.origin,
-            kind=kind,
-            provider_event_id=(report.event_id or "")[:255] or None,
-            transaction_status=txn.status if txn is not None else None,
-            reported_status=reported,
-            detail=detail[:4000],
-        )
+    txn: TransactionRecord | None = None,
+    event_id: str | None = None,
+) -> AnomalyRecord:
+    """An anomaly that is not a judgement on a report (a malformed callback, a payment the
+    provider no longer knows): counted and logged like the others."""
+    metrics.anomalies.labels(origin, kind).inc()
+    log.error(
+        "ANOMALY %s from %s: transaction %s: %s",
+        kind,
+        origin,
+        txn.id if txn is not None else "-",
+        detail,
     )
-    await session.flush()
-    metrics.anomalies.labels(report.origin, kind).inc()
-    log.error("ANOMALY %s from %s: transaction %s: %s", kind, report.origin,
-              txn.id if txn is not None else "-", detail)  # fmt: skip
+    return AnomalyRecord(
+        tenant_id=tenant_id,
+        transaction_id=txn.id if txn is not None else None,
+        connection_id=connection_id,
+        source=origin,
+        kind=kind,
+        provider_event_id=(event_id or "")[:255] or None,
+        transaction_status=txn.status.value if txn is not None else None,
+        detail=detail[:MAX_ANOMALY_DETAIL],
+    )

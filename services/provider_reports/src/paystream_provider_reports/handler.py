@@ -1,49 +1,46 @@
-"""One callback record: decode, dedupe (inbox), apply, or park it until its attempt exists.
+"""Callback records: decode, dedupe (inbox), apply, or park them until their attempt exists.
 
-Inbox row, state change, ledger postings and outcome event commit together, so a
-redelivered or duplicated callback (same provider event id) finds the inbox row and
-changes nothing. Infrastructure errors are retried without limit (the offset never passes
-a callback that was not handled); anything else goes to the dead-letter topic after a few
-tries, as in the gateway worker.
+Inbox rows, state changes, ledger postings and outcome events commit together, one
+database transaction per tenant in the batch, so a redelivered or duplicated callback
+(same provider event id) finds its inbox row and changes nothing. Infrastructure errors are
+retried without limit (the offset never passes a callback that was not handled); anything
+else goes to the dead-letter topic after a few tries, as in the gateway worker.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import hashlib
 import logging
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from paystream_callback_worker.apply import (
-    Report,
-    apply_outcome,
-    find_attempt,
-    lock_for_report,
-    record_anomaly,
-)
-from paystream_callback_worker.deps import CallbackDeps
+from paystream_core.ports import AnomalyRecord, AttemptKey, ParkedCallback, PaymentUnit
 from paystream_gateways.callbacks import callback_gateway
 from paystream_gateways.errors import CallbackRejected, ConnectionNotFound
 from paystream_gateways.protocol import CallbackEvent
 from paystream_messaging.async_publisher import PublishFailed
 from paystream_messaging.callbacks import CallbackReceived, decode_body
 from paystream_messaging.cloudevents_codec import InvalidEvent, decode
-from paystream_storage.db import tenant_session
-from paystream_storage.models import InboxMessage, ParkedCallback
+from paystream_provider_reports.apply import (
+    Incoming,
+    Source,
+    apply_reports,
+    unattached_anomaly,
+)
+from paystream_provider_reports.deps import CallbackDeps
+from paystream_storage.errors import TRANSIENT_DB_ERRORS
+from paystream_streams.handling import Retry, dead_letter, handle_record
 from paystream_streams.records import RawRecord
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "callback-worker"
-_DUE = text("SELECT tenant_id, parked_id FROM paystream_parked_callbacks_due(:limit)")
-SOURCE = "/paystream/callback-worker"
-MAX_UNEXPECTED_FAILURES = 5
+SOURCE = Source("/paystream/callback-worker", "callback")
+# Down infrastructure comes back: the database, Kafka (dead letters), the network.
+RETRY = Retry(transient=(*TRANSIENT_DB_ERRORS, PublishFailed, OSError))
 
 
 def inbox_id(connection_id: uuid.UUID, event_id: str) -> str:
@@ -56,128 +53,151 @@ def inbox_id(connection_id: uuid.UUID, event_id: str) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A callback the adapter could read, ready to apply."""
+
+    index: int
+    callback: CallbackReceived
+    event: CallbackEvent
+
+
 async def handle(deps: CallbackDeps, record: RawRecord) -> str:
-    failures = 0
-    delay = 0.2
+    """One callback record; returns what became of it (for logs, metrics and tests)."""
+
+    async def work() -> str:
+        return (await process(deps, [record]))[0]
+
     deps.metrics.in_flight.inc()
     try:
-        while True:
-            try:
-                result = await process(deps, record)
-                deps.metrics.progressed()
-                return result
-            except (OperationalError, InterfaceError, PublishFailed, OSError) as exc:
-                log.warning("callback at %s[%d]@%d: %s; retrying in %.1fs",
-                            record.topic, record.partition, record.offset, exc, delay)  # fmt: skip
-            except Exception as exc:
-                failures += 1
-                where = f"{record.topic}[{record.partition}]@{record.offset}"
-                log.exception("callback at %s failed (%d/%d)", where, failures,
-                              MAX_UNEXPECTED_FAILURES)  # fmt: skip
-                if failures >= MAX_UNEXPECTED_FAILURES:
-                    await _dead_letter(
-                        deps, record, f"processing_failed: {type(exc).__name__}: {exc}"[:2000]
-                    )
-                    return "dead_letter"
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30)
+        result = await handle_record(
+            record,
+            work,
+            retry=RETRY,
+            dead_letters=deps.dead_letters,
+            count_dead=deps.count_dead,
+            what="callback",
+        )
+        deps.metrics.progressed()
+        return result if result is not None else "dead_letter"
     finally:
         deps.metrics.in_flight.dec()
 
 
-async def process(deps: CallbackDeps, record: RawRecord) -> str:
-    try:
-        callback = CallbackReceived.from_event(
-            decode(record.key, record.value, record.headers, deps.registry)
-        )
-    except InvalidEvent as exc:
-        await _dead_letter(deps, record, f"invalid_event: {exc.reason}")
-        return "dead_letter"
-    try:
-        _, gateway = await callback_gateway(
-            deps.gateways, deps.connections, callback.tenant_id, callback.connection_id
-        )
-    except ConnectionNotFound:
-        await _dead_letter(deps, record, f"unknown_connection: {callback.connection_id}")
-        return "dead_letter"
-    try:
-        event = gateway.parse_callback(callback.body)
-    except CallbackRejected as exc:
-        result = "ignored" if exc.reason == "unsupported" else "malformed"
-        if result == "malformed":  # verified at the ingress, unreadable here: keep it
-            async with tenant_session(deps.sessions, callback.tenant_id) as session:
-                report = Report(SOURCE, "callback", callback.connection_id)
-                await record_anomaly(session, deps.metrics, txn=None, report=report,
-                                     kind="malformed_callback", detail=str(exc),
-                                     tenant_id=callback.tenant_id)  # fmt: skip
-        deps.metrics.callbacks.labels(callback.gateway, result).inc()
-        return result
-    async with tenant_session(deps.sessions, callback.tenant_id) as session:
-        fresh = await session.execute(
-            insert(InboxMessage)
-            .values(
-                consumer=CONSUMER,
-                message_id=inbox_id(callback.connection_id, event.event_id),
-                tenant_id=callback.tenant_id,
+async def process(deps: CallbackDeps, records: Sequence[RawRecord]) -> list[str]:
+    """Handle a batch of callback records; one result per record, in order."""
+    results = [""] * len(records)
+    gateways: dict[int, str] = {}
+    verified: dict[uuid.UUID, list[_Verified]] = {}
+    malformed: dict[uuid.UUID, list[AnomalyRecord]] = {}
+    for index, record in enumerate(records):
+        try:
+            callback = CallbackReceived.from_event(
+                decode(record.key, record.value, record.headers, deps.registry)
             )
-            .on_conflict_do_nothing()
-            .returning(InboxMessage.message_id)
-        )
-        if fresh.first() is None:
-            result = "duplicate"
+        except InvalidEvent as exc:
+            results[index] = await _dead_letter(deps, record, f"invalid_event: {exc.reason}")
+            continue
+        gateways[index] = callback.gateway
+        try:
+            _, gateway = await callback_gateway(
+                deps.gateways, deps.connections, callback.tenant_id, callback.connection_id
+            )
+        except ConnectionNotFound:
+            reason = f"unknown_connection: {callback.connection_id}"
+            results[index] = await _dead_letter(deps, record, reason)
+            continue
+        try:
+            event = gateway.parse_callback(callback.body)
+        except CallbackRejected as exc:
+            if exc.reason == "unsupported":
+                results[index] = "ignored"  # a valid event we do not use
+                continue
+            # Verified at the ingress, unreadable here: keep it for a human.
+            results[index] = "malformed"
+            anomaly = unattached_anomaly(
+                deps.metrics,
+                tenant_id=callback.tenant_id,
+                connection_id=callback.connection_id,
+                origin=SOURCE.origin,
+                kind="malformed_callback",
+                detail=str(exc),
+            )
+            malformed.setdefault(callback.tenant_id, []).append(anomaly)
+            continue
+        verified.setdefault(callback.tenant_id, []).append(_Verified(index, callback, event))
+    for tenant_id in {*verified, *malformed}:
+        async with deps.store.unit(tenant_id) as unit:
+            await unit.add_anomalies(malformed.get(tenant_id, []))
+            for item, result in await _apply(deps, unit, verified.get(tenant_id, [])):
+                results[item.index] = result
+    for index, result in enumerate(results):
+        if index in gateways and result != "dead_letter":
+            deps.metrics.callbacks.labels(gateways[index], result).inc()
+    return results
+
+
+async def _apply(
+    deps: CallbackDeps, unit: PaymentUnit, items: Sequence[_Verified]
+) -> list[tuple[_Verified, str]]:
+    """Dedupe on the inbox, apply the fresh ones, park the orphans."""
+    if not items:
+        return []
+    ids = [inbox_id(i.callback.connection_id, i.event.event_id) for i in items]
+    fresh = await unit.first_seen(CONSUMER, ids)
+    firsts: list[_Verified] = []
+    out: list[tuple[_Verified, str]] = []
+    for item, message_id in zip(items, ids, strict=True):
+        if message_id in fresh:
+            fresh.discard(message_id)  # a second copy in the same batch is a duplicate
+            firsts.append(item)
         else:
-            applied = await apply_in_session(deps, session, callback.connection_id, event)
-            result = applied or "parked"
-            if applied is None:
-                await _park(session, callback, event)
-                deps.metrics.parked.labels("parked").inc()
-    deps.metrics.callbacks.labels(callback.gateway, result).inc()
-    return result
+            out.append((item, "duplicate"))
+    applied = await apply_reports(unit, deps.metrics, SOURCE, [_incoming(i) for i in firsts])
+    orphans = []
+    for item, result in zip(firsts, applied, strict=True):
+        if result is None:
+            orphans.append(_parked(item))
+            out.append((item, "parked"))
+            deps.metrics.parked.labels("parked").inc()
+            log.info(
+                "callback %s (%s) has no known attempt yet: parked",
+                item.event.event_id,
+                item.event.provider_reference or item.event.reference,
+            )
+        else:
+            out.append((item, result.applied.value))
+    await unit.park(orphans)
+    return out
 
 
-async def apply_in_session(
-    deps: CallbackDeps, session: AsyncSession, connection_id: uuid.UUID, event: CallbackEvent
-) -> str | None:
-    """Apply `event` to its transaction; None when its attempt is not known (an orphan)."""
-    attempt = await find_attempt(session, connection_id, event.reference, event.provider_reference)
-    if attempt is None:
-        return None
-    txn, attempt, latest = await lock_for_report(session, attempt)
-    applied = await apply_outcome(
-        session, deps.registry, deps.metrics, txn=txn, attempt=attempt, latest_seq=latest,
-        outcome=event.outcome, kind=event.kind,
-        report=Report(SOURCE, "callback", connection_id, event.event_id),
-    )  # fmt: skip
-    return applied.result
+def _incoming(item: _Verified) -> Incoming:
+    event = item.event
+    key = AttemptKey(item.callback.connection_id, event.reference, event.provider_reference)
+    return Incoming(key, event.outcome, event.kind, event.event_id)
 
 
-async def _park(session: AsyncSession, callback: CallbackReceived, event: CallbackEvent) -> None:
-    body, encoding = callback.encoded_body()
-    await session.execute(
-        insert(ParkedCallback)
-        .values(
-            tenant_id=callback.tenant_id,
-            connection_id=callback.connection_id,
-            gateway_code=callback.gateway,
-            provider_event_id=event.event_id[:255],
-            provider_reference=(event.provider_reference or None),
-            reference=event.reference,
-            body=body,
-            body_encoding=encoding,
-            received_at=callback.received_at,
-        )
-        .on_conflict_do_nothing()
+def _parked(item: _Verified) -> ParkedCallback:
+    body, encoding = item.callback.encoded_body()
+    return ParkedCallback(
+        tenant_id=item.callback.tenant_id,
+        connection_id=item.callback.connection_id,
+        gateway_code=item.callback.gateway,
+        provider_event_id=item.event.event_id[:255],
+        provider_reference=item.event.provider_reference or None,
+        reference=item.event.reference,
+        body=body,
+        body_encoding=encoding,
+        received_at=item.callback.received_at,
     )
-    log.info("callback %s (%s) has no known attempt yet: parked", event.event_id,
-             event.provider_reference or event.reference)  # fmt: skip
 
 
 async def retry_parked(
     deps: CallbackDeps, *, base_s: float, max_s: float, limit: int = 200
 ) -> dict[str, int]:
     """One sweep over the parked callbacks that are due; returns counts by result."""
-    async with tenant_session(deps.sessions, None) as session:
-        due = (await session.execute(_DUE, {"limit": limit})).all()
+    async with deps.store.unit(None) as unit:
+        due = await unit.parked_due(limit)
     counts: dict[str, int] = {}
     for tenant_id, parked_id in due:
         result = await _retry_one(deps, tenant_id, parked_id, base_s, max_s)
@@ -188,14 +208,8 @@ async def retry_parked(
 async def _retry_one(
     deps: CallbackDeps, tenant_id: uuid.UUID, parked_id: int, base_s: float, max_s: float
 ) -> str:
-    async with tenant_session(deps.sessions, tenant_id) as session:
-        parked = (
-            await session.execute(
-                select(ParkedCallback)
-                .where(ParkedCallback.id == parked_id, ParkedCallback.resolved_at.is_(None))
-                .with_for_update(skip_locked=True)
-            )
-        ).scalar_one_or_none()
+    async with deps.store.unit(tenant_id) as unit:
+        parked = await unit.lock_parked(parked_id)
         if parked is None:
             return "taken"  # another worker has it, or it was resolved meanwhile
         now = datetime.now(UTC)
@@ -205,24 +219,29 @@ async def _retry_one(
             )
             event = gateway.parse_callback(decode_body(parked.body, parked.body_encoding))
         except (CallbackRejected, ConnectionNotFound, InvalidEvent) as exc:
-            parked.resolved_at, parked.resolution = now, "unreadable"
+            await unit.save_parked(
+                dataclasses.replace(parked, resolved_at=now, resolution="unreadable")
+            )
             log.error("parked callback %s can no longer be read: %s", parked.id, exc)
             return "unreadable"
-        result = await apply_in_session(deps, session, parked.connection_id, event)
-        if result is None:
-            parked.tries += 1
-            wait = min(base_s * 2 ** min(parked.tries - 1, 20), max_s)
-            parked.next_try_at = now + timedelta(seconds=wait)
+        key = AttemptKey(parked.connection_id, event.reference, event.provider_reference)
+        [applied] = await apply_reports(
+            unit, deps.metrics, SOURCE, [Incoming(key, event.outcome, event.kind, event.event_id)]
+        )
+        if applied is None:
+            tries = parked.tries + 1
+            wait = min(base_s * 2 ** min(tries - 1, 20), max_s)
+            await unit.save_parked(
+                dataclasses.replace(parked, tries=tries, next_try_at=now + timedelta(seconds=wait))
+            )
             return "still_orphan"
-        parked.resolved_at, parked.resolution = now, result
+        result = applied.applied.value
+        await unit.save_parked(dataclasses.replace(parked, resolved_at=now, resolution=result))
         deps.metrics.parked.labels("applied").inc()
         log.info("parked callback %s applied: %s", parked.provider_event_id, result)
         return result
 
 
-async def _dead_letter(deps: CallbackDeps, record: RawRecord, reason: str) -> None:
-    log.warning(
-        "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
-    )
-    await deps.dead_letters.send(record, reason)
-    deps.metrics.dead_letters.labels(reason.split(":", 1)[0]).inc()
+async def _dead_letter(deps: CallbackDeps, record: RawRecord, reason: str) -> str:
+    await dead_letter(deps.dead_letters, record, reason, deps.count_dead)
+    return "dead_letter"

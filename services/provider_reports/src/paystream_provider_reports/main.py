@@ -9,19 +9,20 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from paystream_callback_worker.app import create_app
-from paystream_callback_worker.deps import CallbackDeps
-from paystream_callback_worker.reconciler import Reconciler
-from paystream_callback_worker.settings import CallbackWorkerSettings, ReconcilerSettings
 from paystream_config import DatabaseSettings, load
-from paystream_config.crypto import KeyRingSettings
-from paystream_gateways.credentials import KeyRing
 from paystream_gateways.manager import DbConnectionSource, GatewayManager
+from paystream_keyring import KeyRing, KeyRingSettings
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
+from paystream_provider_reports.app import create_app
+from paystream_provider_reports.deps import CallbackDeps
+from paystream_provider_reports.reconciler import Reconciler
+from paystream_provider_reports.settings import CallbackWorkerSettings, ReconcilerSettings
 from paystream_storage.db import create_engine, sessionmaker
+from paystream_storage.payments import PgPaymentStore
+from paystream_streams import app as streams
 from paystream_streams.health import serve_health
 from paystream_streams.records import DeadLetters, KafkaDeadLetters, RawRecord
 
@@ -36,11 +37,12 @@ class _NoDeadLetters:
 
 
 def build_deps(db: DatabaseSettings, ring: KeyRing, dead_letters: DeadLetters) -> CallbackDeps:
-    sessions = sessionmaker(create_engine(db))
-    source = DbConnectionSource(sessions)
+    engine = create_engine(db)
+    registry = SchemaRegistry()
+    source = DbConnectionSource(sessionmaker(engine))
     return CallbackDeps(
-        sessions=sessions,
-        registry=SchemaRegistry(),
+        store=PgPaymentStore(engine, registry),
+        registry=registry,
         gateways=GatewayManager(source, ring),
         connections=source,
         dead_letters=dead_letters,
@@ -51,9 +53,9 @@ def build_deps_factory(
     settings: CallbackWorkerSettings, ring: KeyRing
 ) -> Callable[[], Awaitable[CallbackDeps]]:
     async def build() -> CallbackDeps:
-        publisher = AsyncPublisher(producer_config(settings, "paystream-callback-worker"))
+        publisher = AsyncPublisher(producer_config(settings, "paystream-provider-reports"))
         dead = KafkaDeadLetters(
-            publisher, settings.topic(topics.DEAD_LETTERS), by="paystream-callback-worker"
+            publisher, settings.topic(topics.DEAD_LETTERS), by="paystream-provider-reports"
         )
         return build_deps(settings, ring, dead)
 
@@ -63,9 +65,7 @@ def build_deps_factory(
 def run_callback_worker() -> None:
     settings = load(CallbackWorkerSettings)
     ring = KeyRing.from_settings(load(KeyRingSettings))
-    app = create_app(settings, build_deps_factory(settings, ring))
-    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
-    app.main()
+    streams.run(create_app(settings, build_deps_factory(settings, ring)))
 
 
 def run_reconciler() -> None:
@@ -107,6 +107,6 @@ async def _reconcile_forever(settings: ReconcilerSettings, ring: KeyRing) -> Non
         log.info("reconciler: stopped")
 
 
-if __name__ == "__main__":  # `python -m paystream_callback_worker.main callback|reconciler`
+if __name__ == "__main__":  # `python -m paystream_provider_reports.main callback|reconciler`
     logging.basicConfig(level=logging.INFO)
     {"callback": run_callback_worker, "reconciler": run_reconciler}[sys.argv[1]]()

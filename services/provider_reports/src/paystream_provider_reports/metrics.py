@@ -15,40 +15,51 @@ class CallbackMetrics:
 
     def __post_init__(self) -> None:
         self.callbacks = Counter(
-            "paystream_callback_worker_callbacks_total", "Callbacks handled by result",
-            ["gateway", "result"], registry=self.registry,
-        )  # fmt: skip
+            "paystream_callback_worker_callbacks_total",
+            "Callbacks handled by result",
+            ["gateway", "result"],
+            registry=self.registry,
+        )
         self.anomalies = Counter(
             "paystream_anomalies_total",
             "Provider reports contradicting our records (alert on any increase)",
-            ["source", "kind"], registry=self.registry,
-        )  # fmt: skip
-        self.parked = Counter(
-            "paystream_callback_worker_parked_total", "Orphan callbacks parked / resolved",
-            ["event"], registry=self.registry,
-        )  # fmt: skip
-        self.dead_letters = Counter(
-            "paystream_callback_worker_dead_letters_total", "Records sent to the dead-letter topic",
-            ["reason"], registry=self.registry,
-        )  # fmt: skip
-        self.in_flight = Gauge(
-            "paystream_callback_worker_in_flight", "Callbacks being processed",
+            ["source", "kind"],
             registry=self.registry,
-        )  # fmt: skip
+        )
+        self.parked = Counter(
+            "paystream_callback_worker_parked_total",
+            "Orphan callbacks parked / resolved",
+            ["event"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "paystream_callback_worker_dead_letters_total",
+            "Records sent to the dead-letter topic",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "paystream_callback_worker_in_flight",
+            "Callbacks being processed",
+            registry=self.registry,
+        )
         # Reconciler
         self.lookups = Counter(
-            "paystream_reconciler_lookups_total", "Provider status lookups by result",
-            ["gateway", "result"], registry=self.registry,
-        )  # fmt: skip
+            "paystream_reconciler_lookups_total",
+            "Provider status lookups by result",
+            ["gateway", "result"],
+            registry=self.registry,
+        )
         self.unresolved = Gauge(
             "paystream_reconciler_unresolved",
             "pending/unknown transactions older than the horizon (need a human)",
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.expired = Counter(
-            "paystream_reconciler_expired_total", "action_required transactions failed as expired",
+            "paystream_reconciler_expired_total",
+            "action_required transactions failed as expired",
             registry=self.registry,
-        )  # fmt: skip
+        )
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()

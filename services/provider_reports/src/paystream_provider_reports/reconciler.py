@@ -9,58 +9,51 @@
 - `action_required` past `reconciler_action_expiry_s`: looked up first (the customer may
   have finished and the callback been lost); still waiting -> `failed` (`expired`).
 
-No DB transaction is open during a lookup: read, call, then lock and re-check.
+The rules are `paystream_core.reports.reconcile`. No database transaction is open during a
+lookup: read, call, then lock and re-check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from paystream_callback_worker.apply import (
+from paystream_core.ports import AttemptKey, PaymentUnit
+from paystream_core.records import TransactionRecord
+from paystream_core.reports import (
+    RECONCILED,
+    Fail,
+    Keep,
     Report,
-    apply_outcome,
-    lock_for_report,
-    record_anomaly,
+    lookup_result,
+    next_lookup_delay,
+    reconcile,
 )
-from paystream_callback_worker.deps import CallbackDeps
-from paystream_callback_worker.settings import ReconcilerSettings
 from paystream_core.statuses import Status, TransactionType
+from paystream_core.transitions import transition
 from paystream_gateways.callbacks import callback_gateway
 from paystream_gateways.errors import GatewayError, GatewaySetupError
-from paystream_gateways.protocol import (
-    ActionRequired,
-    NotFound,
-    Pending,
-    StatusQuery,
-    StatusResult,
-)
-from paystream_storage.db import tenant_session
-from paystream_storage.models import Attempt, Reconciliation, Transaction
-from paystream_storage.transitions import lock_transaction, move
+from paystream_gateways.protocol import StatusQuery, StatusResult
+from paystream_provider_reports.apply import Incoming, Source, apply_reports, unattached_anomaly
+from paystream_provider_reports.deps import CallbackDeps
+from paystream_provider_reports.settings import ReconcilerSettings
 
 log = logging.getLogger(__name__)
 
-SOURCE = "/paystream/reconciler"
-_DUE = text("SELECT tenant_id, transaction_id FROM paystream_reconcile_due(:age, :expiry, :n)")
-_UNRESOLVED = text("SELECT paystream_unresolved_count(:horizon, :stuck)")
-_RECONCILED = frozenset({Status.PENDING, Status.UNKNOWN, Status.ACTION_REQUIRED})
+SOURCE = Source("/paystream/reconciler", "reconciler")
 
 
 @dataclass(frozen=True, slots=True)
 class _Target:
     status: Status
     kind: TransactionType
-    attempt_id: uuid.UUID
+    attempt_key: str
     connection_id: uuid.UUID
     gateway: str
     query: StatusQuery
@@ -83,17 +76,12 @@ class Reconciler:
     async def run_once(self) -> dict[str, int]:
         """One round over what is due; returns counts by result."""
         s = self.settings
-        async with tenant_session(self.deps.sessions, None) as session:
-            due = (
-                await session.execute(
-                    _DUE,
-                    {
-                        "age": s.reconciler_pending_age_s,
-                        "expiry": s.reconciler_action_expiry_s,
-                        "n": s.reconciler_batch_size,
-                    },
-                )
-            ).all()
+        async with self.deps.store.unit(None) as unit:
+            due = await unit.reconcile_due(
+                pending_age_s=s.reconciler_pending_age_s,
+                action_expiry_s=s.reconciler_action_expiry_s,
+                limit=s.reconciler_batch_size,
+            )
         limit = asyncio.Semaphore(s.reconciler_concurrency)
 
         async def one(tenant_id: uuid.UUID, txn_id: uuid.UUID) -> str:
@@ -108,14 +96,12 @@ class Reconciler:
         counts: dict[str, int] = {}
         for result in results:
             counts[result] = counts.get(result, 0) + 1
-        async with tenant_session(self.deps.sessions, None) as session:
-            unresolved = (
-                await session.execute(
-                    _UNRESOLVED,
-                    {"horizon": s.reconciler_horizon_s, "stuck": s.reconciler_stuck_processing_s},
-                )
-            ).scalar_one()
-        self.deps.metrics.unresolved.set(int(unresolved))
+        async with self.deps.store.unit(None) as unit:
+            unresolved = await unit.unresolved_count(
+                horizon_s=s.reconciler_horizon_s,
+                stuck_processing_s=s.reconciler_stuck_processing_s,
+            )
+        self.deps.metrics.unresolved.set(unresolved)
         if due:
             log.info("reconciler round: %s; %d unresolved past the horizon", counts, unresolved)
         return counts
@@ -125,42 +111,40 @@ class Reconciler:
         if target is None:
             return "skipped"
         result, found = await self._look_up(tenant_id, target)
-        async with tenant_session(self.deps.sessions, tenant_id) as session:
-            txn = await lock_transaction(session, txn_id)
-            assert txn is not None
-            if Status(txn.status) in _RECONCILED:
-                outcome = await self._conclude(session, txn, target, found)
-                result = outcome or result
+        async with self.deps.store.unit(tenant_id) as unit:
+            txn = (await unit.lock_transactions([txn_id]))[txn_id]
+            if txn.status in RECONCILED:
+                result = await self._conclude(unit, txn, target, found) or result
+                txn = (await unit.lock_transactions([txn_id]))[txn_id]
             else:
-                result = f"already_{txn.status}"
-            await self._book(session, txn, result)
+                result = f"already_{txn.status.value}"
+            await self._book(unit, txn, result)
         self.deps.metrics.lookups.labels(target.gateway, result.split(":", 1)[0]).inc()
         return result
 
     async def _target(self, tenant_id: uuid.UUID, txn_id: uuid.UUID) -> _Target | None:
-        async with tenant_session(self.deps.sessions, tenant_id) as session:
-            txn = await session.get(Transaction, txn_id)
-            if txn is None or Status(txn.status) not in _RECONCILED:
+        async with self.deps.store.unit(tenant_id) as unit:
+            txn = await unit.transaction(txn_id)
+            if txn is None or txn.status not in RECONCILED:
                 return None
-            attempt = (
-                await session.execute(
-                    select(Attempt)
-                    .where(Attempt.transaction_id == txn_id)
-                    .order_by(Attempt.seq.desc())
-                    .limit(1)
-                )
-            ).scalar_one_or_none()
-            if attempt is None:  # pending without an attempt cannot happen; say so
-                await self._book(session, txn, "no_attempt")
+            attempts = (await unit.attempts([txn_id]))[txn_id]
+            if not attempts:  # pending without an attempt cannot happen; say so
+                await self._book(unit, txn, "no_attempt")
                 return None
-            kind = TransactionType(txn.type)
+            attempt = attempts[-1]
             query = StatusQuery(
-                kind=kind,
+                kind=txn.type,
                 idempotency_key=attempt.idempotency_key,
                 provider_reference=attempt.provider_reference or txn.provider_reference,
             )
-            return _Target(Status(txn.status), kind, attempt.id, attempt.connection_id,
-                           attempt.gateway_code, query)  # fmt: skip
+            return _Target(
+                txn.status,
+                txn.type,
+                attempt.idempotency_key,
+                attempt.connection_id,
+                attempt.gateway_code,
+                query,
+            )
 
     async def _look_up(
         self, tenant_id: uuid.UUID, target: _Target
@@ -177,90 +161,84 @@ class Reconciler:
         return f"found: {type(found).__name__.lower()}", found
 
     async def _conclude(
-        self, session: AsyncSession, txn: Transaction, target: _Target, found: StatusResult | None
+        self,
+        unit: PaymentUnit,
+        txn: TransactionRecord,
+        target: _Target,
+        found: StatusResult | None,
     ) -> str | None:
         """Apply what the lookup found to the (locked) transaction; the result name."""
-        report = Report(SOURCE, "reconciler", target.connection_id)
-        current = Status(txn.status)
-        expired = current == Status.ACTION_REQUIRED and _older_than(
+        expired = txn.status == Status.ACTION_REQUIRED and _older_than(
             txn.updated_at, self.settings.reconciler_action_expiry_s
         )
-        if found is None:
-            return None  # the lookup failed: nothing is known, try again later
-        if isinstance(found, NotFound):
-            if current == Status.UNKNOWN and found.conclusive:
-                await move(session, self.deps.registry, txn, Status.FAILED, source=SOURCE,
-                           failure=("absent_at_provider",
-                                    "the provider has no record of the attempt"))  # fmt: skip
-                return "absent_failed"
-            if current == Status.PENDING and found.conclusive:
-                await record_anomaly(
-                    session, self.deps.metrics, txn=txn, report=report, kind="vanished",
-                    detail="the provider reported this payment, and now has no record of it",
-                )  # fmt: skip
-                return "anomaly"
-            if expired and found.conclusive:
-                return await self._expire(session, txn)
-            return "not_found_inconclusive"
-        if expired and isinstance(found, ActionRequired):
-            return await self._expire(session, txn)
-        attempt = (
-            await session.execute(select(Attempt).where(Attempt.id == target.attempt_id))
-        ).scalar_one()
-        txn, attempt, latest = await lock_for_report(session, attempt)
-        applied = await apply_outcome(
-            session, self.deps.registry, self.deps.metrics, txn=txn, attempt=attempt,
-            latest_seq=latest, outcome=found, kind=None, report=report,
-        )  # fmt: skip
-        if applied.result == "unchanged" and isinstance(found, Pending | ActionRequired):
-            return f"still_{txn.status}"
-        return f"{applied.result}_{txn.status}"
+        decision = reconcile(txn.status, expired=expired, found=found)
+        match decision:
+            case Fail(result=result, failure=failure):
+                move = transition(txn, Status.FAILED, at=datetime.now(UTC), failure=failure)
+                assert move is not None  # RECONCILED statuses may fail
+                await unit.apply([move], source=SOURCE.event_source)
+                if result == "expired":
+                    self.deps.metrics.expired.inc()
+                return result
+            case Keep(result=result, anomaly=anomaly):
+                if anomaly is not None:
+                    record = unattached_anomaly(
+                        self.deps.metrics,
+                        tenant_id=txn.tenant_id,
+                        connection_id=target.connection_id,
+                        origin=SOURCE.origin,
+                        kind=anomaly.kind,
+                        detail=anomaly.detail,
+                        txn=txn,
+                    )
+                    await unit.add_anomalies([record])
+                return result
+            case Report(outcome=outcome):
+                key = AttemptKey(target.connection_id, target.attempt_key, None)
+                [applied] = await apply_reports(
+                    unit, self.deps.metrics, SOURCE, [Incoming(key, outcome, None)]
+                )
+                assert applied is not None  # the attempt was read above and is kept
+                return lookup_result(applied.applied, applied.status, outcome)
+        raise AssertionError(decision)  # pragma: no cover
 
-    async def _expire(self, session: AsyncSession, txn: Transaction) -> str:
-        failure = ("expired", "the customer action was not completed in time")
-        await move(session, self.deps.registry, txn, Status.FAILED, source=SOURCE, failure=failure)
-        self.deps.metrics.expired.inc()
-        return "expired"
-
-    async def _book(self, session: AsyncSession, txn: Transaction, result: str) -> None:
+    async def _book(self, unit: PaymentUnit, txn: TransactionRecord, result: str) -> None:
         """Count the lookup, schedule the next one (exponential backoff with jitter) and
         report a transaction that passed the horizon, once."""
         s = self.settings
         now = datetime.now(UTC)
-        row = (
-            await session.execute(
-                insert(Reconciliation)
-                .values(transaction_id=txn.id, tenant_id=txn.tenant_id)
-                .on_conflict_do_nothing()
-                .returning(Reconciliation.transaction_id)
-            )
-        ).first()
-        del row
-        rec = (
-            await session.execute(
-                select(Reconciliation)
-                .where(Reconciliation.transaction_id == txn.id)
-                .with_for_update()
-            )
-        ).scalar_one()
-        await session.refresh(rec)
-        rec.lookups += 1
-        rec.last_lookup_at = now
-        rec.last_result = result[:2000]
-        wait = min(s.reconciler_backoff_base_s * 2 ** min(rec.lookups - 1, 30),
-                   s.reconciler_backoff_max_s)  # fmt: skip
-        rec.next_lookup_at = now + timedelta(seconds=wait * random.uniform(0.8, 1.0))
-        unresolved = txn.status in ("pending", "unknown")
+        record = await unit.reconciliation(txn.id)
+        lookups = record.lookups + 1
+        wait = next_lookup_delay(
+            lookups, base_s=s.reconciler_backoff_base_s, max_s=s.reconciler_backoff_max_s
+        )
+        reported_at = record.reported_at
+        unresolved = txn.status in (Status.PENDING, Status.UNKNOWN)
         if (
             unresolved
-            and rec.reported_at is None
+            and reported_at is None
+            and txn.created_at is not None
             and _older_than(txn.created_at, s.reconciler_horizon_s)
         ):
-            rec.reported_at = now
-            log.warning("transaction %s is still %s after %ss: UNRESOLVED, needs a human"
-                        " (last lookup: %s)", txn.id, txn.status, s.reconciler_horizon_s,
-                        result)  # fmt: skip
+            reported_at = now
+            log.warning(
+                "transaction %s is still %s after %ss: UNRESOLVED, needs a human (last lookup: %s)",
+                txn.id,
+                txn.status.value,
+                s.reconciler_horizon_s,
+                result,
+            )
+        await unit.save_reconciliation(
+            dataclasses.replace(
+                record,
+                lookups=lookups,
+                last_lookup_at=now,
+                last_result=result[:2000],
+                next_lookup_at=now + timedelta(seconds=wait * random.uniform(0.8, 1.0)),
+                reported_at=reported_at,
+            )
+        )
 
 
-def _older_than(at: datetime, seconds: float) -> bool:
-    return at <= datetime.now(UTC) - timedelta(seconds=seconds)
+def _older_than(at: datetime | None, seconds: float) -> bool:
+    return at is not None and at <= datetime.now(UTC) - timedelta(seconds=seconds)

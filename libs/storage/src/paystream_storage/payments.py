@@ -1,0 +1,683 @@
+"""The storage port (`paystream_core.ports`) on PostgreSQL, with set-based SQL.
+
+A unit is one database transaction on a pooled connection, as the non-owner app role with
+the tenant set LOCAL to it (row-level security holds on every statement). Statements take
+whole batches as arrays (`unnest`), so a batch of commands costs a handful of round trips
+instead of a few per command; their text never varies, so psycopg prepares them once.
+Plain psycopg, not the ORM: this is the hot path, and nothing here needs an object graph.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paystream_core.ledger import balance_deltas, legs
+from paystream_core.ports import (
+    AnomalyRecord,
+    AttemptKey,
+    ParkedCallback,
+    ReconciliationRecord,
+)
+from paystream_core.records import AttemptRecord, TransactionRecord
+from paystream_core.routing import Route, TenantConnection
+from paystream_core.statuses import AttemptStatus, Status, TransactionType
+from paystream_core.transitions import Transition
+from paystream_messaging.outcomes import outcome_of
+from paystream_messaging.schemas import SchemaRegistry
+from paystream_messaging.topics import OUTCOMES
+from paystream_storage.db import APP_ROLE
+from paystream_storage.outbox import shard_for
+
+
+class ConcurrentChange(RuntimeError):
+    """A row changed under a unit that should have held its lock: a bug, never retried
+    into a wrong state (the whole unit rolls back)."""
+
+
+class PostingRefused(RuntimeError):
+    """A posting other than a hold would take a balance below zero: the books disagree
+    with the transaction's history (the unit rolls back; a human must look)."""
+
+
+_SCOPE = "SELECT set_config('role', %s, true), set_config('paystream.tenant_id', %s, true)"
+
+_TXN_COLUMNS = (
+    "id, tenant_id, account_id, type, status, version, amount_minor, currency, country,"
+    " idempotency_key, payload_hash, payment_method, metadata, destination_ciphertext,"
+    " destination_key_id, destination_masked, gateway_code, provider_reference, failure_code,"
+    " failure_message, created_at, updated_at"
+)
+_ATTEMPT_COLUMNS = (
+    "id, tenant_id, transaction_id, seq, gateway_code, connection_id, idempotency_key, status,"
+    " provider_reference, error_class, error_code, error_message, started_at, finished_at"
+)
+_PARKED_COLUMNS = (
+    "id, tenant_id, connection_id, gateway_code, provider_event_id, provider_reference,"
+    " reference, body, body_encoding, received_at, tries, next_try_at, resolved_at, resolution"
+)
+
+_ADD_ACCOUNTS = """
+INSERT INTO accounts (tenant_id, id, country)
+SELECT %s, a, c FROM unnest(%s::text[], %s::text[]) AS v(a, c)
+ON CONFLICT DO NOTHING
+"""
+_ADD_TRANSACTIONS = """
+INSERT INTO transactions (id, tenant_id, account_id, type, status, version, amount_minor,
+  currency, country, idempotency_key, payload_hash, payment_method, metadata,
+  destination_ciphertext, destination_key_id, destination_masked)
+SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::int[],
+  %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[],
+  %s::bytea[], %s::text[], %s::text[])
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+_LOCK_TRANSACTIONS = (
+    f"SELECT {_TXN_COLUMNS} FROM transactions WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE"
+)
+_TRANSACTION = f"SELECT {_TXN_COLUMNS} FROM transactions WHERE id = %s"
+_ROUTES = """
+SELECT gc.gateway_code, g.provider, gc.country, gc.transaction_type, gc.priority,
+  gc.enabled AND g.enabled, g.currencies, g.min_amount_minor, g.max_amount_minor
+FROM gateway_countries gc JOIN gateways g ON g.code = gc.gateway_code
+WHERE gc.country = %s AND gc.transaction_type = %s
+"""
+_CONNECTIONS = "SELECT gateway_code, id, enabled, created_at FROM connections WHERE tenant_id = %s"
+_ENSURE_BALANCES = """
+INSERT INTO balances (tenant_id, account_id, currency)
+SELECT %s, a, c FROM unnest(%s::text[], %s::text[]) AS v(a, c)
+ON CONFLICT DO NOTHING
+"""
+# One row per (account, currency) in each call: a row can be updated once per statement.
+_POST = """
+UPDATE balances b SET available_minor = b.available_minor + v.da,
+  held_minor = b.held_minor + v.dh, updated_at = now()
+FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS v(a, c, da, dh)
+WHERE b.tenant_id = %s AND b.account_id = v.a AND b.currency = v.c
+  AND b.available_minor + v.da >= 0 AND b.held_minor + v.dh >= 0
+RETURNING v.a, v.c
+"""
+_ADD_LEDGER = """
+INSERT INTO ledger_entries (tenant_id, transaction_id, account_id, bucket, currency, amount_minor)
+SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bigint[])
+"""
+_UPDATE_TRANSACTIONS = """
+UPDATE transactions t SET status = v.status, version = v.version, updated_at = v.updated_at,
+  gateway_code = v.gateway_code, provider_reference = v.provider_reference,
+  failure_code = v.failure_code, failure_message = v.failure_message
+FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::timestamptz[], %s::text[], %s::text[],
+  %s::text[], %s::text[])
+  AS v(id, status, version, updated_at, gateway_code, provider_reference, failure_code,
+       failure_message)
+WHERE t.id = v.id AND t.version = v.version - 1
+RETURNING t.id
+"""
+_ADD_OUTBOX = """
+INSERT INTO outbox (tenant_id, topic, key, shard, event_id, event_type, source, occurred_at,
+  data)
+SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::smallint[], %s::uuid[], %s::text[],
+  %s::text[], %s::timestamptz[], %s::jsonb[])
+"""
+_ATTEMPTS = f"""
+SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE transaction_id = ANY(%s::uuid[])
+ORDER BY transaction_id, seq
+"""
+_ADD_ATTEMPTS = """
+INSERT INTO attempts (id, tenant_id, transaction_id, seq, gateway_code, connection_id,
+  idempotency_key, status)
+SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::text[], %s::uuid[],
+  %s::text[], %s::text[])
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+_SAVE_ATTEMPTS = """
+UPDATE attempts a SET status = v.status, provider_reference = v.provider_reference,
+  error_class = v.error_class, error_code = v.error_code, error_message = v.error_message,
+  finished_at = v.finished_at
+FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+  %s::timestamptz[])
+  AS v(id, status, provider_reference, error_class, error_code, error_message, finished_at)
+WHERE a.id = v.id
+"""
+_FIND_ATTEMPTS = f"""
+SELECT {_ATTEMPT_COLUMNS} FROM attempts
+WHERE connection_id = ANY(%s::uuid[])
+  AND (idempotency_key = ANY(%s::text[]) OR provider_reference = ANY(%s::text[]))
+"""
+_FIRST_SEEN = """
+INSERT INTO inbox (consumer, message_id, tenant_id)
+SELECT %s, m, %s FROM unnest(%s::text[]) AS v(m)
+ON CONFLICT DO NOTHING
+RETURNING message_id
+"""
+_ADD_ANOMALIES = """
+INSERT INTO anomalies (tenant_id, transaction_id, connection_id, source, kind,
+  provider_event_id, transaction_status, reported_status, detail)
+SELECT %s, * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[],
+  %s::text[], %s::text[], %s::text[])
+"""
+_PARK = """
+INSERT INTO parked_callbacks (tenant_id, connection_id, gateway_code, provider_event_id,
+  provider_reference, reference, body, body_encoding, received_at)
+SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
+  %s::text[], %s::text[], %s::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+_PARKED_DUE = "SELECT tenant_id, parked_id FROM paystream_parked_callbacks_due(%s)"
+_LOCK_PARKED = f"""
+SELECT {_PARKED_COLUMNS} FROM parked_callbacks
+WHERE id = %s AND resolved_at IS NULL
+FOR UPDATE SKIP LOCKED
+"""
+_SAVE_PARKED = """
+UPDATE parked_callbacks SET tries = %s, next_try_at = %s, resolved_at = %s, resolution = %s
+WHERE id = %s
+"""
+_RECONCILE_DUE = "SELECT tenant_id, transaction_id FROM paystream_reconcile_due(%s, %s, %s)"
+_UNRESOLVED = "SELECT paystream_unresolved_count(%s, %s)"
+_ADD_RECONCILIATION = """
+INSERT INTO reconciliations (transaction_id, tenant_id) VALUES (%s, %s) ON CONFLICT DO NOTHING
+"""
+_LOCK_RECONCILIATION = """
+SELECT transaction_id, tenant_id, lookups, next_lookup_at, last_lookup_at, last_result,
+  reported_at
+FROM reconciliations WHERE transaction_id = %s FOR UPDATE
+"""
+_SAVE_RECONCILIATION = """
+UPDATE reconciliations SET lookups = %s, next_lookup_at = %s, last_lookup_at = %s,
+  last_result = %s, reported_at = %s
+WHERE transaction_id = %s
+"""
+
+
+def _transaction(row: Sequence[Any]) -> TransactionRecord:
+    return TransactionRecord(
+        id=row[0],
+        tenant_id=row[1],
+        account_id=row[2],
+        type=TransactionType(row[3]),
+        status=Status(row[4]),
+        version=row[5],
+        amount_minor=row[6],
+        currency=row[7],
+        country=row[8],
+        idempotency_key=row[9],
+        payload_hash=row[10],
+        payment_method=row[11],
+        metadata=row[12] or {},
+        destination_ciphertext=row[13],
+        destination_key_id=row[14],
+        destination_masked=row[15],
+        gateway_code=row[16],
+        provider_reference=row[17],
+        failure_code=row[18],
+        failure_message=row[19],
+        created_at=row[20],
+        updated_at=row[21],
+    )
+
+
+def _attempt(row: Sequence[Any]) -> AttemptRecord:
+    return AttemptRecord(
+        id=row[0],
+        tenant_id=row[1],
+        transaction_id=row[2],
+        seq=row[3],
+        gateway_code=row[4],
+        connection_id=row[5],
+        idempotency_key=row[6],
+        status=AttemptStatus(row[7]),
+        provider_reference=row[8],
+        error_class=row[9],
+        error_code=row[10],
+        error_message=row[11],
+        started_at=row[12],
+        finished_at=row[13],
+    )
+
+
+def _parked(row: Sequence[Any]) -> ParkedCallback:
+    return ParkedCallback(
+        id=row[0],
+        tenant_id=row[1],
+        connection_id=row[2],
+        gateway_code=row[3],
+        provider_event_id=row[4],
+        provider_reference=row[5],
+        reference=row[6],
+        body=row[7],
+        body_encoding=row[8],
+        received_at=row[9],
+        tries=row[10],
+        next_try_at=row[11],
+        resolved_at=row[12],
+        resolution=row[13],
+    )
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows to one list per column: the arrays `unnest` zips back into rows."""
+    return [[row[i] for row in rows] for i in range(width)] if rows else [[]] * width
+
+
+class PgPaymentUnit:
+    """`paystream_core.ports.PaymentUnit` inside one open PostgreSQL transaction."""
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        tenant_id: uuid.UUID | None,
+        registry: SchemaRegistry,
+    ) -> None:
+        self._conn = conn
+        self._tenant = tenant_id
+        self._registry = registry
+
+    @property
+    def tenant(self) -> uuid.UUID:
+        if self._tenant is None:
+            raise RuntimeError("this unit has no tenant scope")
+        return self._tenant
+
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        cursor = await self._conn.execute(sql, params)
+        return await cursor.fetchall()
+
+    # --- commands ------------------------------------------------------------------------
+
+    async def tenant_exists(self) -> bool:
+        rows = await self._rows("SELECT 1 FROM tenants WHERE id = %s", (self.tenant,))
+        return bool(rows)
+
+    async def add_accounts(self, accounts: Sequence[tuple[str, str]]) -> None:
+        if accounts:
+            ids, countries = _columns(sorted(set(accounts)), 2)
+            await self._conn.execute(_ADD_ACCOUNTS, (self.tenant, ids, countries))
+
+    async def add_transactions(self, txns: Sequence[TransactionRecord]) -> set[uuid.UUID]:
+        if not txns:
+            return set()
+        rows = [
+            (
+                t.id,
+                t.tenant_id,
+                t.account_id,
+                t.type.value,
+                t.status.value,
+                t.version,
+                t.amount_minor,
+                t.currency,
+                t.country,
+                t.idempotency_key,
+                t.payload_hash,
+                t.payment_method,
+                Jsonb(dict(t.metadata)),
+                t.destination_ciphertext,
+                t.destination_key_id,
+                t.destination_masked,
+            )
+            for t in txns
+        ]
+        inserted = await self._rows(_ADD_TRANSACTIONS, _columns(rows, 16))
+        return {row[0] for row in inserted}
+
+    async def lock_transactions(
+        self, ids: Collection[uuid.UUID]
+    ) -> dict[uuid.UUID, TransactionRecord]:
+        if not ids:
+            return {}
+        rows = await self._rows(_LOCK_TRANSACTIONS, (list(ids),))
+        return {row[0]: _transaction(row) for row in rows}
+
+    async def transaction(self, txn_id: uuid.UUID) -> TransactionRecord | None:
+        rows = await self._rows(_TRANSACTION, (txn_id,))
+        return _transaction(rows[0]) if rows else None
+
+    async def routing(
+        self, country: str, kind: TransactionType
+    ) -> tuple[list[Route], list[TenantConnection]]:
+        routes = [
+            Route(
+                gateway=row[0],
+                provider=row[1],
+                country=row[2],
+                kind=TransactionType(row[3]),
+                priority=row[4],
+                enabled=row[5],
+                currencies=frozenset(row[6]),
+                min_amount_minor=row[7],
+                max_amount_minor=row[8],
+            )
+            for row in await self._rows(_ROUTES, (country, kind.value))
+        ]
+        connections = [
+            TenantConnection(
+                gateway=row[0], connection_id=row[1], enabled=row[2], created_at=row[3]
+            )
+            for row in await self._rows(_CONNECTIONS, (self.tenant,))
+        ]
+        return routes, connections
+
+    async def apply(self, transitions: Sequence[Transition], *, source: str) -> set[uuid.UUID]:
+        refused: set[uuid.UUID] = set()
+        for chunk in _one_per_transaction(transitions):
+            refused |= await self._apply(chunk, source)
+        return refused
+
+    async def _apply(self, transitions: Sequence[Transition], source: str) -> set[uuid.UUID]:
+        """Apply transitions of distinct transactions (a row is updated once per statement)."""
+        refused = await self._post(transitions)
+        applied = [t for t in transitions if t.after.id not in refused]
+        if not applied:
+            return refused
+        rows = [
+            (
+                t.after.id,
+                t.after.status.value,
+                t.after.version,
+                t.at,
+                t.after.gateway_code,
+                t.after.provider_reference,
+                t.after.failure_code,
+                t.after.failure_message,
+            )
+            for t in applied
+        ]
+        updated = await self._rows(_UPDATE_TRANSACTIONS, _columns(rows, 8))
+        if len(updated) != len(applied):
+            missing = {t.after.id for t in applied} - {row[0] for row in updated}
+            raise ConcurrentChange(f"transactions changed under their lock: {sorted(missing)}")
+        await self._outcomes(applied, source)
+        return refused
+
+    async def _post(self, transitions: Sequence[Transition]) -> set[uuid.UUID]:
+        """Ledger legs and balances of every money event, in list order; returns the
+        transactions whose hold was refused. Holds go in waves (the n-th hold of each
+        balance in wave n), so two holds on one balance apply one after the other. Every
+        other posting adds to a balance or moves a hold it placed, so it cannot be refused
+        unless the books are wrong: those are summed per balance into one statement."""
+        money = [t for t in transitions if t.money is not None]
+        if not money:
+            return set()
+        pairs = sorted({(t.after.account_id, t.after.currency) for t in money})
+        accounts, currencies = _columns(pairs, 2)
+        await self._conn.execute(_ENSURE_BALANCES, (self.tenant, accounts, currencies))
+        holds = [t for t in money if t.hold]
+        others = [t for t in money if not t.hold]
+        if {_balance(t) for t in holds} & {_balance(t) for t in others}:
+            # A hold and another posting on one balance in one call: their order matters.
+            # No path does this today; if one ever does, post one by one, in order.
+            waves, others = [[t] for t in money], []
+        else:
+            waves = _waves(holds)
+        refused: set[uuid.UUID] = set()
+        for wave in waves:
+            done = await self._post_together(wave)
+            refused |= {t.after.id for t in wave if _balance(t) not in done}
+        if others:
+            wanted = {_balance(t) for t in others}
+            missing = wanted - await self._post_together(others)
+            if missing:
+                raise PostingRefused(f"postings would take balances below zero: {sorted(missing)}")
+        wrong = [t.after.id for t in money if t.after.id in refused and not t.hold]
+        if wrong:
+            raise PostingRefused(f"postings refused for {sorted(wrong)}")
+        ledger = [
+            (t.after.id, t.after.account_id, leg.bucket.value, t.after.currency, leg.amount_minor)
+            for t in money
+            if t.after.id not in refused and t.money is not None
+            for leg in legs(t.money, t.after.amount_minor)
+        ]
+        if ledger:
+            await self._conn.execute(_ADD_LEDGER, (self.tenant, *_columns(ledger, 5)))
+        return refused
+
+    async def _post_together(self, transitions: Sequence[Transition]) -> set[tuple[str, str]]:
+        """Post in one statement, each balance once (deltas summed); returns the balances
+        whose update went through (all of a balance's postings, or none)."""
+        deltas: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for t in transitions:
+            assert t.money is not None
+            available, held = balance_deltas(t.money, t.after.amount_minor)
+            delta = deltas[(t.after.account_id, t.after.currency)]
+            delta[0] += available
+            delta[1] += held
+        rows = [(a, c, d[0], d[1]) for (a, c), d in sorted(deltas.items())]
+        done = await self._rows(_POST, (*_columns(rows, 4), self.tenant))
+        return {(row[0], row[1]) for row in done}
+
+    async def _outcomes(self, applied: Sequence[Transition], source: str) -> None:
+        """One outcome event per new version, validated here, where a bug can still roll
+        the state change back, so the relay never meets a row it cannot publish."""
+        rows = []
+        for t in applied:
+            outcome = outcome_of(t.after, at=t.at, redirect_url=t.redirect_url)
+            data = outcome.data()
+            self._registry.validate(outcome.EVENT_TYPE, data)
+            key = t.after.account_id
+            rows.append(
+                (
+                    OUTCOMES,
+                    key,
+                    shard_for(key),
+                    outcome.event_id(),
+                    outcome.EVENT_TYPE,
+                    source,
+                    t.at,
+                    Jsonb(data),
+                )
+            )
+        await self._conn.execute(_ADD_OUTBOX, (self.tenant, *_columns(rows, 8)))
+
+    # --- attempts ----------------------------------------------------------------------------
+
+    async def attempts(
+        self, txn_ids: Collection[uuid.UUID], *, lock: bool = False
+    ) -> dict[uuid.UUID, list[AttemptRecord]]:
+        found: dict[uuid.UUID, list[AttemptRecord]] = {txn: [] for txn in txn_ids}
+        if not txn_ids:
+            return found
+        sql = _ATTEMPTS + (" FOR UPDATE" if lock else "")
+        for row in await self._rows(sql, (list(txn_ids),)):
+            found[row[2]].append(_attempt(row))
+        return found
+
+    async def add_attempts(self, attempts: Sequence[AttemptRecord]) -> set[uuid.UUID]:
+        if not attempts:
+            return set()
+        rows = [
+            (
+                a.id,
+                a.tenant_id,
+                a.transaction_id,
+                a.seq,
+                a.gateway_code,
+                a.connection_id,
+                a.idempotency_key,
+                a.status.value,
+            )
+            for a in attempts
+        ]
+        inserted = await self._rows(_ADD_ATTEMPTS, _columns(rows, 8))
+        return {row[0] for row in inserted}
+
+    async def save_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
+        if not attempts:
+            return
+        rows = [
+            (
+                a.id,
+                a.status.value,
+                a.provider_reference,
+                a.error_class,
+                a.error_code,
+                a.error_message,
+                a.finished_at,
+            )
+            for a in attempts
+        ]
+        await self._conn.execute(_SAVE_ATTEMPTS, _columns(rows, 7))
+
+    async def find_attempts(self, keys: Collection[AttemptKey]) -> dict[AttemptKey, AttemptRecord]:
+        if not keys:
+            return {}
+        connections = list({k.connection_id for k in keys})
+        references = list({k.reference for k in keys if k.reference})
+        provider_refs = list({k.provider_reference for k in keys if k.provider_reference})
+        rows = await self._rows(_FIND_ATTEMPTS, (connections, references, provider_refs))
+        attempts = [_attempt(row) for row in rows]
+        by_key = {(a.connection_id, a.idempotency_key): a for a in attempts}
+        newest: dict[tuple[uuid.UUID, str], AttemptRecord] = {}
+        for a in sorted(attempts, key=lambda a: a.seq):
+            if a.provider_reference:
+                newest[(a.connection_id, a.provider_reference)] = a
+        found: dict[AttemptKey, AttemptRecord] = {}
+        for key in keys:
+            hit = by_key.get((key.connection_id, key.reference)) if key.reference else None
+            if hit is None and key.provider_reference:
+                hit = newest.get((key.connection_id, key.provider_reference))
+            if hit is not None:
+                found[key] = hit
+        return found
+
+    # --- callbacks ---------------------------------------------------------------------------
+
+    async def first_seen(self, consumer: str, message_ids: Collection[str]) -> set[str]:
+        if not message_ids:
+            return set()
+        rows = await self._rows(_FIRST_SEEN, (consumer, self.tenant, list(message_ids)))
+        return {row[0] for row in rows}
+
+    async def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
+        if not anomalies:
+            return
+        rows = [
+            (
+                a.transaction_id,
+                a.connection_id,
+                a.source,
+                a.kind,
+                a.provider_event_id,
+                a.transaction_status,
+                a.reported_status,
+                a.detail,
+            )
+            for a in anomalies
+        ]
+        await self._conn.execute(_ADD_ANOMALIES, (self.tenant, *_columns(rows, 8)))
+
+    async def park(self, parked: Sequence[ParkedCallback]) -> None:
+        if not parked:
+            return
+        rows = [
+            (
+                p.connection_id,
+                p.gateway_code,
+                p.provider_event_id,
+                p.provider_reference,
+                p.reference,
+                p.body,
+                p.body_encoding,
+                p.received_at,
+            )
+            for p in parked
+        ]
+        await self._conn.execute(_PARK, (self.tenant, *_columns(rows, 8)))
+
+    async def parked_due(self, limit: int) -> list[tuple[uuid.UUID, int]]:
+        return [(row[0], row[1]) for row in await self._rows(_PARKED_DUE, (limit,))]
+
+    async def lock_parked(self, parked_id: int) -> ParkedCallback | None:
+        rows = await self._rows(_LOCK_PARKED, (parked_id,))
+        return _parked(rows[0]) if rows else None
+
+    async def save_parked(self, parked: ParkedCallback) -> None:
+        await self._conn.execute(
+            _SAVE_PARKED,
+            (parked.tries, parked.next_try_at, parked.resolved_at, parked.resolution, parked.id),
+        )
+
+    # --- reconciliation ----------------------------------------------------------------------
+
+    async def reconcile_due(
+        self, *, pending_age_s: float, action_expiry_s: float, limit: int
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        rows = await self._rows(_RECONCILE_DUE, (pending_age_s, action_expiry_s, limit))
+        return [(row[0], row[1]) for row in rows]
+
+    async def unresolved_count(self, *, horizon_s: float, stuck_processing_s: float) -> int:
+        rows = await self._rows(_UNRESOLVED, (horizon_s, stuck_processing_s))
+        return int(rows[0][0])
+
+    async def reconciliation(self, txn_id: uuid.UUID) -> ReconciliationRecord:
+        await self._conn.execute(_ADD_RECONCILIATION, (txn_id, self.tenant))
+        row = (await self._rows(_LOCK_RECONCILIATION, (txn_id,)))[0]
+        return ReconciliationRecord(*row)
+
+    async def save_reconciliation(self, record: ReconciliationRecord) -> None:
+        await self._conn.execute(
+            _SAVE_RECONCILIATION,
+            (
+                record.lookups,
+                record.next_lookup_at,
+                record.last_lookup_at,
+                record.last_result,
+                record.reported_at,
+                record.transaction_id,
+            ),
+        )
+
+
+def _balance(t: Transition) -> tuple[str, str]:
+    return t.after.account_id, t.after.currency
+
+
+def _one_per_transaction(transitions: Sequence[Transition]) -> list[list[Transition]]:
+    """Consecutive chunks in which each transaction appears once, order kept."""
+    chunks: list[list[Transition]] = []
+    seen: set[uuid.UUID] = set()
+    for t in transitions:
+        if not chunks or t.after.id in seen:
+            chunks.append([])
+            seen = set()
+        chunks[-1].append(t)
+        seen.add(t.after.id)
+    return chunks
+
+
+def _waves(holds: Sequence[Transition]) -> list[list[Transition]]:
+    """Wave n holds the n-th hold of each balance, in list order."""
+    waves: list[list[Transition]] = []
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    for t in holds:
+        balance = _balance(t)
+        n = seen[balance]
+        seen[balance] += 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(t)
+    return waves
+
+
+class PgPaymentStore:
+    """`paystream_core.ports.PaymentStore` on an SQLAlchemy engine's connection pool."""
+
+    def __init__(self, engine: AsyncEngine, registry: SchemaRegistry) -> None:
+        self._engine = engine
+        self._registry = registry
+
+    @asynccontextmanager
+    async def unit(self, tenant_id: uuid.UUID | None) -> AsyncIterator[PgPaymentUnit]:
+        async with self._engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            conn: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+            async with conn.transaction():
+                await conn.execute(_SCOPE, (APP_ROLE, str(tenant_id or "")))
+                yield PgPaymentUnit(conn, tenant_id, self._registry)

@@ -1,0 +1,42 @@
+"""Command records, end to end: intake, then execution; never skipped silently."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from paystream_gateway_worker.deps import WorkerDeps
+from paystream_gateway_worker.execution import Work, execute
+from paystream_gateway_worker.intake import intake
+from paystream_messaging.async_publisher import PublishFailed
+from paystream_storage.errors import TRANSIENT_DB_ERRORS
+from paystream_streams.handling import Retry, handle_record
+from paystream_streams.records import RawRecord
+
+# Down infrastructure comes back: the database, Kafka (dead letters), the network.
+RETRY = Retry(transient=(*TRANSIENT_DB_ERRORS, PublishFailed, OSError))
+
+
+async def handle(deps: WorkerDeps, record: RawRecord) -> None:
+    """One command: retried while infrastructure is down, dead-lettered if it keeps failing."""
+
+    async def work() -> None:
+        await process(deps, [record])
+
+    deps.metrics.in_flight.inc()
+    try:
+        await handle_record(
+            record,
+            work,
+            retry=RETRY,
+            dead_letters=deps.dead_letters,
+            count_dead=deps.count_dead,
+            what="command",
+        )
+        deps.metrics.progressed()
+    finally:
+        deps.metrics.in_flight.dec()
+
+
+async def process(deps: WorkerDeps, records: Sequence[RawRecord]) -> None:
+    accepted = await intake(deps, records)
+    await execute(deps, [Work(a.tenant_id, a.transaction_id) for a in accepted])

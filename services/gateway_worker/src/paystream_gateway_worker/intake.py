@@ -1,0 +1,198 @@
+"""Command intake: decode, store idempotently, hold a withdrawal's funds, route or reject.
+
+One database transaction per tenant in the batch, records in offset order: the first
+command stored under an Idempotency-Key wins, a redelivery resumes, and two withdrawals of
+one account hold funds one after the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from paystream_core.ports import PaymentUnit
+from paystream_core.records import TransactionRecord
+from paystream_core.routing import Route, TenantConnection, candidates
+from paystream_core.statuses import Status
+from paystream_core.transitions import Transition, transition
+from paystream_gateway_worker.deps import WorkerDeps
+from paystream_messaging.cloudevents_codec import InvalidEvent, decode
+from paystream_messaging.commands import Command, RequestWithdrawal, command_from_event
+from paystream_streams.handling import dead_letter
+from paystream_streams.records import RawRecord
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/paystream/gateway-worker"
+NO_GATEWAY = "no_gateway_available"
+INSUFFICIENT_FUNDS = ("insufficient_funds", "available balance is lower than the withdrawal")
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The command's transaction is stored; execution picks it up from there."""
+
+    record: RawRecord
+    tenant_id: uuid.UUID
+    transaction_id: uuid.UUID
+
+
+async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepted]:
+    """Store the commands' transactions (or find them again on redelivery); returns what
+    to execute. Records that cannot be stored go to the dead-letter topic with the reason,
+    after the database transaction committed."""
+    by_tenant: dict[uuid.UUID, list[tuple[RawRecord, Command]]] = {}
+    for record in records:
+        try:
+            event = decode(record.key, record.value, record.headers, deps.registry)
+            command = command_from_event(event)
+        except InvalidEvent as exc:
+            await _dead_letter(deps, record, f"invalid_event: {exc.reason}")
+            continue
+        by_tenant.setdefault(command.tenant_id, []).append((record, command))
+    accepted: list[Accepted] = []
+    for tenant_id, commands in by_tenant.items():
+        async with deps.store.unit(tenant_id) as unit:
+            if await unit.tenant_exists():
+                stored, problems = await _store(deps, unit, tenant_id, commands)
+            else:
+                stored = []
+                problems = [(r, f"unknown_tenant: no tenant {tenant_id}") for r, _ in commands]
+        accepted.extend(stored)
+        for record, problem in problems:
+            await _dead_letter(deps, record, problem)
+    return accepted
+
+
+async def _store(
+    deps: WorkerDeps,
+    unit: PaymentUnit,
+    tenant_id: uuid.UUID,
+    commands: Sequence[tuple[RawRecord, Command]],
+) -> tuple[list[Accepted], list[tuple[RawRecord, str]]]:
+    stored = await unit.lock_transactions({c.transaction_id for _, c in commands})
+    accepted: list[Accepted] = []
+    problems: list[tuple[RawRecord, str]] = []
+    new: dict[uuid.UUID, tuple[RawRecord, Command]] = {}
+    for record, command in commands:
+        known = stored.get(command.transaction_id)
+        first = new.get(command.transaction_id)
+        payload_hash = known.payload_hash if known else first[1].payload_hash if first else None
+        if payload_hash is None:
+            new[command.transaction_id] = (record, command)
+        elif payload_hash != command.payload_hash:
+            # Same tenant + key, other body: the stored transaction is untouched.
+            problems.append((record, _conflict(command)))
+        elif known is not None:
+            accepted.append(Accepted(record, tenant_id, command.transaction_id))
+        # else: the same command twice in one batch: the first copy carries it
+    if not new:
+        return accepted, problems
+    await unit.add_accounts([(c.account_id, c.country) for _, c in new.values()])
+    rows = [_received(c) for _, c in new.values()]
+    inserted = await unit.add_transactions(rows)
+    if len(inserted) != len(rows):
+        # Another worker stored some of them between our read and our insert (a
+        # redelivery racing this one): read them and treat them like redeliveries.
+        raced = {t.id for t in rows} - inserted
+        again = await unit.lock_transactions(raced)
+        for txn_id in raced:
+            record, command = new.pop(txn_id)
+            if again[txn_id].payload_hash != command.payload_hash:
+                problems.append((record, _conflict(command)))
+            else:
+                accepted.append(Accepted(record, tenant_id, txn_id))
+        rows = [t for t in rows if t.id in inserted]
+    accepted += await _accept_or_reject(deps, unit, rows, new)
+    return accepted, problems
+
+
+def _conflict(command: Command) -> str:
+    return (
+        f"idempotency_conflict: key {command.idempotency_key!r} already names"
+        f" transaction {command.transaction_id} with another payload"
+    )
+
+
+def _received(command: Command) -> TransactionRecord:
+    destination = command.destination if isinstance(command, RequestWithdrawal) else None
+    return TransactionRecord(
+        id=command.transaction_id,
+        tenant_id=command.tenant_id,
+        account_id=command.account_id,
+        type=command.KIND,
+        status=Status.RECEIVED,
+        version=1,
+        amount_minor=command.amount_minor,
+        currency=command.currency,
+        country=command.country,
+        idempotency_key=command.idempotency_key,
+        payload_hash=command.payload_hash,
+        payment_method=command.payment_method,
+        metadata=dict(command.metadata),
+        destination_ciphertext=destination.ciphertext if destination else None,
+        destination_key_id=destination.key_id if destination else None,
+        destination_masked=destination.masked if destination else None,
+    )
+
+
+async def _accept_or_reject(
+    deps: WorkerDeps,
+    unit: PaymentUnit,
+    rows: Sequence[TransactionRecord],
+    new: dict[uuid.UUID, tuple[RawRecord, Command]],
+) -> list[Accepted]:
+    """Route each new transaction: no gateway -> rejected; otherwise processing, which for a
+    withdrawal holds its amount (refused holds -> rejected for insufficient funds)."""
+    now = datetime.now(UTC)
+    moves: list[Transition] = []
+    rejected: dict[uuid.UUID, str] = {}
+    routing_cache: dict[tuple[str, str], tuple[list[Route], list[TenantConnection]]] = {}
+    for txn in rows:
+        key = (txn.country, txn.type.value)
+        if key not in routing_cache:
+            routing_cache[key] = await unit.routing(txn.country, txn.type)
+        routes, connections = routing_cache[key]
+        found = candidates(
+            routes,
+            connections,
+            country=txn.country,
+            kind=txn.type,
+            currency=txn.currency,
+            amount_minor=txn.amount_minor,
+        )
+        if found:
+            move = transition(txn, Status.PROCESSING, at=now)
+        else:
+            detail = f"no enabled gateway for {txn.type} in {txn.country} ({txn.currency})"
+            move = transition(txn, Status.REJECTED, at=now, failure=(NO_GATEWAY, detail))
+            rejected[txn.id] = NO_GATEWAY
+        assert move is not None  # received -> processing | rejected is always allowed
+        moves.append(move)
+    refused = await unit.apply(moves, source=SOURCE)
+    if refused:
+        by_id = {t.id: t for t in rows}
+        rejections = []
+        for txn_id in refused:
+            move = transition(by_id[txn_id], Status.REJECTED, at=now, failure=INSUFFICIENT_FUNDS)
+            assert move is not None
+            rejections.append(move)
+            rejected[txn_id] = INSUFFICIENT_FUNDS[0]
+        await unit.apply(rejections, source=SOURCE)
+    accepted = []
+    for txn in rows:
+        code = rejected.get(txn.id)
+        if code is None:
+            deps.metrics.commands.labels("accepted").inc()
+            accepted.append(Accepted(new[txn.id][0], txn.tenant_id, txn.id))
+        else:
+            deps.metrics.commands.labels(f"rejected_{code}").inc()
+            log.info("transaction %s rejected: %s", txn.id, code)
+    return accepted
+
+
+async def _dead_letter(deps: WorkerDeps, record: RawRecord, reason: str) -> None:
+    await dead_letter(deps.dead_letters, record, reason, deps.count_dead)
