@@ -17,7 +17,13 @@ T = TypeVar("T")
 
 
 def faust_app(settings: KafkaSettings, group: str) -> faust.App:
-    scheme = faust_transport.register(settings.kafka_fetch_wait_max_ms)
+    scheme = faust_transport.register(
+        faust_transport.FetchWait(
+            busy_ms=settings.kafka_fetch_wait_max_ms,
+            idle_ms=settings.kafka_fetch_wait_idle_ms,
+            idle_after_s=settings.kafka_fetch_idle_after_s,
+        )
+    )
     brokers = ";".join(f"{scheme}://{host}" for host in settings.kafka_bootstrap.split(","))
     return faust.App(
         group,

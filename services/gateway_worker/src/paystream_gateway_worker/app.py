@@ -1,8 +1,8 @@
-"""The faust application: one agent over the commands topic, `worker_concurrency` actors.
+"""The faust application: one agent over the commands topic feeding the command pipeline.
 
-faust acks an event once its actor moves on; our transport commits only offsets below
-the oldest unfinished one, so a crash redelivers every command whose effect may not be
-durable.
+Records are acked by the pipeline when their command is finished; our transport commits
+only offsets below the oldest unacked one, so a crash redelivers every command whose effect
+may not be durable.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 import faust
 
 from paystream_gateway_worker.deps import WorkerDeps
-from paystream_gateway_worker.handler import handle
+from paystream_gateway_worker.pipeline import take_in
 from paystream_gateway_worker.settings import GatewayWorkerSettings
 from paystream_messaging import topics
 from paystream_streams.app import Lazy, faust_app, raw_topic
+from paystream_streams.batching import Batches
 from paystream_streams.health import add_health_server
-from paystream_streams.records import RawRecord
 
 
 def create_app(
@@ -27,12 +27,22 @@ def create_app(
     app = faust_app(settings, settings.worker_group)
     deps = Lazy(build_deps)
 
-    @app.agent(
-        raw_topic(app, settings.topic(topics.COMMANDS)), concurrency=settings.worker_concurrency
-    )
+    # One actor: records reach the pipeline in offset order, which keeps one account's
+    # commands in order; the pipeline itself runs many commands at once.
+    @app.agent(raw_topic(app, settings.topic(topics.COMMANDS)), concurrency=1)
     async def commands(stream: Any) -> None:
-        async for event in stream.events():
-            await handle(await deps.get(), RawRecord.of(event.message))
+        d = await deps.get()
+        manual = stream.noack()
+        batches = Batches(
+            manual.ack,
+            d.metrics,
+            batch_max=settings.worker_batch_max,
+            linger_s=settings.worker_batch_linger_s,
+            max_in_flight=settings.worker_concurrency,
+        )
+        async with batches.running(lambda b: take_in(d, b)):
+            async for event in manual.events():
+                await batches.put(event)
 
     add_health_server(
         app,

@@ -41,7 +41,6 @@ from paystream_core.routing import candidates
 from paystream_core.statuses import OPEN_ATTEMPT, AttemptStatus, Status, TransactionType
 from paystream_core.transitions import Transition, transition
 from paystream_gateway_worker.deps import WorkerDeps
-from paystream_gateway_worker.intake import SOURCE
 from paystream_gateways.errors import Ambiguous, GatewayError, NotExecuted
 from paystream_gateways.protocol import Gateway, PaymentRequest, StatusQuery, StatusResult
 from paystream_gateways.resilience import call_with_resilience
@@ -49,6 +48,7 @@ from paystream_keyring import Sealed
 
 log = logging.getLogger(__name__)
 
+SOURCE = "/paystream/gateway-worker"  # CloudEvent source of the outcome events
 ANOMALY_SOURCE = "worker"  # anomalies.source: callback | reconciler | worker
 # How often a round may find its attempt taken by a racing worker before giving up on the
 # transaction for this delivery (the racing worker carries it).
@@ -76,11 +76,19 @@ class Plan:
 
 async def execute(deps: WorkerDeps, work: Sequence[Work]) -> None:
     """Drive the transactions until none is left in `processing` with a gateway to try."""
-    pending = list(dict.fromkeys(work))
+    plans: list[Plan] = []
+    for tenant_id, items in _by_tenant(list(dict.fromkeys(work))).items():
+        async with deps.store.unit(tenant_id) as unit:
+            plans += await plan_attempts(deps, unit, [w.transaction_id for w in items])
+    await run(deps, plans)
+
+
+async def run(deps: WorkerDeps, plans: Sequence[Plan]) -> None:
+    """Call, conclude and plan the next attempt, until no transaction has one to make."""
+    pending = list(plans)
     while pending:
-        plans = await _plan(deps, pending)
-        results = await asyncio.gather(*(_call(deps, plan) for plan in plans))
-        pending = await _conclude(deps, list(zip(plans, results, strict=True)))
+        results = await asyncio.gather(*(_call(deps, p) for p in pending))
+        pending = await _conclude(deps, list(zip(pending, results, strict=True)))
 
 
 def _by_tenant(items: Sequence[Any]) -> dict[uuid.UUID, list[Any]]:
@@ -93,15 +101,11 @@ def _by_tenant(items: Sequence[Any]) -> dict[uuid.UUID, list[Any]]:
 # --- plan ------------------------------------------------------------------------------------
 
 
-async def _plan(deps: WorkerDeps, work: Sequence[Work]) -> list[Plan]:
-    plans: list[Plan] = []
-    for tenant_id, items in _by_tenant(work).items():
-        async with deps.store.unit(tenant_id) as unit:
-            plans += await _plan_tenant(deps, unit, [w.transaction_id for w in items])
-    return plans
-
-
-async def _plan_tenant(deps: WorkerDeps, unit: PaymentUnit, txn_ids: list[uuid.UUID]) -> list[Plan]:
+async def plan_attempts(
+    deps: WorkerDeps, unit: PaymentUnit, txn_ids: Sequence[uuid.UUID]
+) -> list[Plan]:
+    """Record (and commit with `unit`) the next attempt of each transaction, or find the
+    unfinished one to redo; fail those with no gateway left. Returns what to call."""
     txns = await unit.lock_transactions(txn_ids)
     plans: list[Plan] = []
     failures: list[Transition] = []
@@ -246,13 +250,15 @@ async def _look_up(
 # --- conclude --------------------------------------------------------------------------------
 
 
-async def _conclude(deps: WorkerDeps, answered: list[tuple[Plan, CallResult]]) -> list[Work]:
-    """Write every answer; returns the transactions to try on the next gateway."""
-    again: list[Work] = []
-    for tenant_id, items in _by_tenant([plan for plan, _ in answered]).items():
-        results = {plan.transaction_id: r for plan, r in answered if plan.tenant_id == tenant_id}
+async def _conclude(deps: WorkerDeps, answered: list[tuple[Plan, CallResult]]) -> list[Plan]:
+    """Write every answer and, in the same database transaction, record the next attempt
+    of each transaction that falls back; returns those attempts to make."""
+    again: list[Plan] = []
+    for tenant_id, items in _by_tenant([p for p, _ in answered]).items():
+        results = {p.transaction_id: r for p, r in answered if p.tenant_id == tenant_id}
         async with deps.store.unit(tenant_id) as unit:
-            again += await _conclude_tenant(deps, unit, items, results)
+            fall_back = await _conclude_tenant(deps, unit, items, results)
+            again += await plan_attempts(deps, unit, fall_back)
     return again
 
 
@@ -261,12 +267,12 @@ async def _conclude_tenant(
     unit: PaymentUnit,
     plans: Sequence[Plan],
     results: dict[uuid.UUID, CallResult],
-) -> list[Work]:
-    ids = [plan.transaction_id for plan in plans]
+) -> list[uuid.UUID]:
+    ids = [p.transaction_id for p in plans]
     txns = await unit.lock_transactions(ids)
     attempts = await unit.attempts(ids, lock=True)
     now = datetime.now(UTC)
-    again: list[Work] = []
+    again: list[uuid.UUID] = []
     saved: list[AttemptRecord] = []
     moves: list[Transition] = []
     anomalies: list[AnomalyRecord] = []
@@ -300,7 +306,7 @@ async def _conclude_tenant(
                 result.status,
                 result.error_code,
             )
-            again.append(Work(plan.tenant_id, txn.id))
+            again.append(txn.id)
             continue
         assert isinstance(decided, Conclude)
         move = transition(

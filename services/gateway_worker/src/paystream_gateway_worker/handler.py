@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from paystream_gateway_worker.deps import WorkerDeps
-from paystream_gateway_worker.execution import Work, execute
+from paystream_gateway_worker.execution import run
 from paystream_gateway_worker.intake import intake
 from paystream_messaging.async_publisher import PublishFailed
 from paystream_storage.errors import TRANSIENT_DB_ERRORS
@@ -39,4 +39,4 @@ async def handle(deps: WorkerDeps, record: RawRecord) -> None:
 
 async def process(deps: WorkerDeps, records: Sequence[RawRecord]) -> None:
     accepted = await intake(deps, records)
-    await execute(deps, [Work(a.tenant_id, a.transaction_id) for a in accepted])
+    await run(deps, [a.plan for a in accepted if a.plan is not None])

@@ -7,6 +7,7 @@ one account hold funds one after the other.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from paystream_core.routing import Route, TenantConnection, candidates
 from paystream_core.statuses import Status
 from paystream_core.transitions import Transition, transition
 from paystream_gateway_worker.deps import WorkerDeps
+from paystream_gateway_worker.execution import SOURCE, Plan, plan_attempts
 from paystream_messaging.cloudevents_codec import InvalidEvent, decode
 from paystream_messaging.commands import Command, RequestWithdrawal, command_from_event
 from paystream_streams.handling import dead_letter
@@ -26,44 +28,55 @@ from paystream_streams.records import RawRecord
 
 log = logging.getLogger(__name__)
 
-SOURCE = "/paystream/gateway-worker"
 NO_GATEWAY = "no_gateway_available"
 INSUFFICIENT_FUNDS = ("insufficient_funds", "available balance is lower than the withdrawal")
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """The command's transaction is stored; execution picks it up from there."""
+    """The command's transaction is stored; `plan` is its attempt to make now (None: it is
+    finished, waits for a callback, or is with the reconciler)."""
 
     record: RawRecord
     tenant_id: uuid.UUID
     transaction_id: uuid.UUID
+    plan: Plan | None = None
 
 
 async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepted]:
-    """Store the commands' transactions (or find them again on redelivery); returns what
-    to execute. Records that cannot be stored go to the dead-letter topic with the reason,
-    after the database transaction committed."""
+    """Store the commands' transactions (or find them again on redelivery) and record
+    their first attempts, in one database transaction per tenant; returns what to execute.
+    Records that cannot be stored go to the dead-letter topic with the reason, after the
+    database transaction committed."""
     by_tenant: dict[uuid.UUID, list[tuple[RawRecord, Command]]] = {}
+    invalid: list[tuple[RawRecord, str]] = []
     for record in records:
         try:
             event = decode(record.key, record.value, record.headers, deps.registry)
             command = command_from_event(event)
         except InvalidEvent as exc:
-            await _dead_letter(deps, record, f"invalid_event: {exc.reason}")
+            invalid.append((record, f"invalid_event: {exc.reason}"))
             continue
         by_tenant.setdefault(command.tenant_id, []).append((record, command))
     accepted: list[Accepted] = []
+    dead = invalid
     for tenant_id, commands in by_tenant.items():
         async with deps.store.unit(tenant_id) as unit:
             if await unit.tenant_exists():
                 stored, problems = await _store(deps, unit, tenant_id, commands)
+                plans = {
+                    p.transaction_id: p
+                    for p in await plan_attempts(deps, unit, [a.transaction_id for a in stored])
+                }
+                stored = [dataclasses.replace(a, plan=plans.get(a.transaction_id)) for a in stored]
             else:
                 stored = []
                 problems = [(r, f"unknown_tenant: no tenant {tenant_id}") for r, _ in commands]
         accepted.extend(stored)
-        for record, problem in problems:
-            await _dead_letter(deps, record, problem)
+        dead.extend(problems)
+    # Only once every unit committed: a batch retried after a failure would send them again.
+    for record, problem in dead:
+        await _dead_letter(deps, record, problem)
     return accepted
 
 

@@ -8,7 +8,7 @@ from paystream_config import load
 from paystream_gateway_worker.app import create_app
 from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.settings import GatewayWorkerSettings
-from paystream_gateways.manager import DbConnectionSource, GatewayManager
+from paystream_gateways.manager import CachedConnectionSource, DbConnectionSource, GatewayManager
 from paystream_gateways.protocol import ClientOptions
 from paystream_gateways.resilience import Breakers
 from paystream_keyring import KeyRing, KeyRingSettings
@@ -16,6 +16,7 @@ from paystream_messaging import topics
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
+from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.payments import PgPaymentStore
 from paystream_streams import app as streams
@@ -28,13 +29,14 @@ def build_deps_factory(
     async def build() -> WorkerDeps:
         engine = create_engine(settings)
         registry = SchemaRegistry()
+        config = ConfigCache()
         publisher = AsyncPublisher(producer_config(settings, "paystream-gateway-worker"))
         return WorkerDeps(
             settings=settings,
-            store=PgPaymentStore(engine, registry),
+            store=PgPaymentStore(engine, registry, config),
             registry=registry,
             gateways=GatewayManager(
-                DbConnectionSource(sessionmaker(engine)),
+                CachedConnectionSource(DbConnectionSource(sessionmaker(engine)), config),
                 ring,
                 options=ClientOptions(
                     connect_timeout_s=settings.gateway_connect_timeout_s,

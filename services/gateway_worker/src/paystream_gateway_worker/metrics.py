@@ -47,6 +47,12 @@ class WorkerMetrics:
             ["gateway"],
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "paystream_worker_batch_size",
+            "Commands taken in together (one intake transaction per tenant)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=self.registry,
+        )
         self.anomalies = Counter(
             "paystream_anomalies_total",
             "Provider reports contradicting our records (alert on any increase)",

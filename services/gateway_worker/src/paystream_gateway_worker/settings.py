@@ -9,9 +9,15 @@ from paystream_config import DatabaseSettings, KafkaSettings
 
 class GatewayWorkerSettings(KafkaSettings, DatabaseSettings):
     worker_group: str = Field(default="paystream-gateway-worker", min_length=1)
-    # Commands processed at once per process: provider calls are slow, so this is the
-    # throughput knob. Offsets still commit only up to the oldest unfinished command.
-    worker_concurrency: int = Field(default=32, ge=1, le=1000)
+    # Commands in flight per process (read, not yet finished): provider calls are slow, so
+    # this bounds throughput at about concurrency / provider latency. Offsets still commit
+    # only up to the oldest unfinished command.
+    worker_concurrency: int = Field(default=256, ge=1, le=10_000)
+    # A batch is what arrived while the previous one was taken in, up to this many...
+    worker_batch_max: int = Field(default=200, ge=1, le=10_000)
+    # ...waiting at most this long for more once the first record is there (latency vs
+    # fewer, bigger database transactions).
+    worker_batch_linger_s: float = Field(default=0.002, ge=0, le=1)
     # Tries of one attempt on ambiguous errors (same idempotency key every time).
     worker_retry_attempts: int = Field(default=3, ge=1, le=10)
     worker_retry_base_s: float = Field(default=0.2, gt=0, le=30)

@@ -32,6 +32,7 @@ from paystream_provider_reports.apply import (
 )
 from paystream_provider_reports.deps import CallbackDeps
 from paystream_storage.errors import TRANSIENT_DB_ERRORS
+from paystream_streams.batching import Batches
 from paystream_streams.handling import Retry, dead_letter, handle_record
 from paystream_streams.records import RawRecord
 
@@ -62,26 +63,45 @@ class _Verified:
     event: CallbackEvent
 
 
+async def take_in(deps: CallbackDeps, batches: Batches) -> None:
+    """The batch handler: runs until the worker stops. A batch that fails for any reason is
+    retried record by record, so a poison record goes to the dead letters alone."""
+    while True:
+        events = await batches.batch()
+        records = [RawRecord.of(e.message) for e in events]
+        try:
+            await process(deps, records)
+        except Exception:
+            log.exception("a batch of %d callbacks failed; one by one now", len(records))
+            for record in records:
+                await _one(deps, record)
+        await batches.finish(events)
+
+
 async def handle(deps: CallbackDeps, record: RawRecord) -> str:
     """One callback record; returns what became of it (for logs, metrics and tests)."""
+    deps.metrics.in_flight.inc()
+    try:
+        result = await _one(deps, record)
+        deps.metrics.progressed()
+        return result
+    finally:
+        deps.metrics.in_flight.dec()
 
+
+async def _one(deps: CallbackDeps, record: RawRecord) -> str:
     async def work() -> str:
         return (await process(deps, [record]))[0]
 
-    deps.metrics.in_flight.inc()
-    try:
-        result = await handle_record(
-            record,
-            work,
-            retry=RETRY,
-            dead_letters=deps.dead_letters,
-            count_dead=deps.count_dead,
-            what="callback",
-        )
-        deps.metrics.progressed()
-        return result if result is not None else "dead_letter"
-    finally:
-        deps.metrics.in_flight.dec()
+    result = await handle_record(
+        record,
+        work,
+        retry=RETRY,
+        dead_letters=deps.dead_letters,
+        count_dead=deps.count_dead,
+        what="callback",
+    )
+    return result if result is not None else "dead_letter"
 
 
 async def process(deps: CallbackDeps, records: Sequence[RawRecord]) -> list[str]:

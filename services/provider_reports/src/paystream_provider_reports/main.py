@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from paystream_config import DatabaseSettings, load
-from paystream_gateways.manager import DbConnectionSource, GatewayManager
+from paystream_gateways.manager import CachedConnectionSource, DbConnectionSource, GatewayManager
 from paystream_keyring import KeyRing, KeyRingSettings
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import AsyncPublisher
@@ -20,6 +20,7 @@ from paystream_provider_reports.app import create_app
 from paystream_provider_reports.deps import CallbackDeps
 from paystream_provider_reports.reconciler import Reconciler
 from paystream_provider_reports.settings import CallbackWorkerSettings, ReconcilerSettings
+from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.payments import PgPaymentStore
 from paystream_streams import app as streams
@@ -39,9 +40,10 @@ class _NoDeadLetters:
 def build_deps(db: DatabaseSettings, ring: KeyRing, dead_letters: DeadLetters) -> CallbackDeps:
     engine = create_engine(db)
     registry = SchemaRegistry()
-    source = DbConnectionSource(sessionmaker(engine))
+    config = ConfigCache()
+    source = CachedConnectionSource(DbConnectionSource(sessionmaker(engine)), config)
     return CallbackDeps(
-        store=PgPaymentStore(engine, registry),
+        store=PgPaymentStore(engine, registry, config),
         registry=registry,
         gateways=GatewayManager(source, ring),
         connections=source,

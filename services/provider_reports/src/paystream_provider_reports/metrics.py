@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass
@@ -41,6 +41,12 @@ class CallbackMetrics:
         self.in_flight = Gauge(
             "paystream_callback_worker_in_flight",
             "Callbacks being processed",
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "paystream_callback_worker_batch_size",
+            "Callbacks taken in together (one transaction per tenant)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
             registry=self.registry,
         )
         # Reconciler

@@ -11,7 +11,10 @@ class CallbackWorkerSettings(KafkaSettings, DatabaseSettings):
     callback_worker_group: str = Field(default="paystream-provider-reports", min_length=1)
     # Callbacks handled at once per process. Order does not matter for correctness: every
     # one takes the transaction's row lock and the state machine only moves forward.
-    callback_worker_concurrency: int = Field(default=16, ge=1, le=1000)
+    callback_worker_concurrency: int = Field(default=512, ge=1, le=10_000)
+    # Callbacks taken in together: one database transaction per tenant for the batch.
+    callback_worker_batch_max: int = Field(default=200, ge=1, le=10_000)
+    callback_worker_batch_linger_s: float = Field(default=0.002, ge=0, le=1)
     # Orphans (callback before its attempt is known) are retried with backoff from here.
     callback_parked_sweep_s: float = Field(default=1.0, gt=0, le=300)
     callback_parked_retry_base_s: float = Field(default=1.0, gt=0, le=3600)
