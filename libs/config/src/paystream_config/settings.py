@@ -36,6 +36,10 @@ class KafkaSettings(_Base):
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     # tansu answers a fetch only when this expires: it bounds the latency of a sparse record.
     kafka_fetch_wait_max_ms: int = Field(default=10, ge=1, le=5000)
+    # Workers lengthen it to this once no record came for `kafka_fetch_idle_after_s`, so an
+    # idle stack does not spin; the first record after a quiet spell waits part of it once.
+    kafka_fetch_wait_idle_ms: int = Field(default=500, ge=1, le=5000)
+    kafka_fetch_idle_after_s: float = Field(default=2.0, ge=0, le=3600)
     kafka_delivery_timeout_ms: int = Field(default=30_000, ge=1000)
 
     @field_validator("kafka_bootstrap")

@@ -32,6 +32,7 @@ from paystream_gateways.errors import ConnectionDisabled, ConnectionNotFound
 from paystream_gateways.protocol import ClientOptions, Gateway
 from paystream_gateways.registry import Registry, default_registry
 from paystream_keyring import KeyRing
+from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import tenant_session
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,31 @@ class DbConnectionSource:
     ) -> ConnectionRecord | None:
         async with tenant_session(self._sessions, tenant_id) as session:
             return await fetch_by_code(session, tenant_id, gateway_code, code)
+
+
+class CachedConnectionSource:
+    """Connection rows from the process's configuration cache: read once, kept until the
+    configuration version moves (any change to a connection bumps it), so a provider call
+    costs no database round trip to find its credentials. A missing connection is not
+    remembered: one created a moment ago is found at once."""
+
+    def __init__(self, inner: ConnectionSource, config: ConfigCache) -> None:
+        self._inner = inner
+        self._config = config
+
+    async def load(self, tenant_id: uuid.UUID, connection_id: uuid.UUID) -> ConnectionRecord | None:
+        key = ("connection", tenant_id, connection_id)
+        cached: ConnectionRecord | None = self._config.get(key)
+        if cached is not None:
+            return cached
+        version = self._config.version
+        record = await self._inner.load(tenant_id, connection_id)
+        return self._config.put(key, record, read_at=version) if record is not None else None
+
+    async def load_by_code(
+        self, tenant_id: uuid.UUID, gateway_code: str, code: str
+    ) -> ConnectionRecord | None:
+        return await self._inner.load_by_code(tenant_id, gateway_code, code)
 
 
 @dataclass

@@ -53,6 +53,7 @@ TENANT_TABLES = (
     "parked_callbacks",
     "anomalies",
     "reconciliations",
+    "idempotency_keys",
 )
 
 
@@ -357,6 +358,27 @@ class Reconciliation(Base):
     last_result: Mapped[str | None] = mapped_column(Text)
     # Set when the transaction passed the unresolved horizon and was reported.
     reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKey(Base):
+    """A tenant's Idempotency-Key, bound by the ingest API to the first body sent with it."""
+
+    __tablename__ = "idempotency_keys"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    transaction_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    created_at: Mapped[datetime] = _now()
+
+
+class ConfigVersion(Base):
+    """One row: bumped by a trigger whenever gateways, routes, connections or tenants
+    change, so processes know when their cached configuration is stale."""
+
+    __tablename__ = "config_version"
+    __table_args__ = (CheckConstraint("id", name="config_version_id_check"),)
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
 
 
 OUTBOX_SHARDS = 16

@@ -33,6 +33,7 @@ from paystream_core.transitions import Transition
 from paystream_messaging.outcomes import outcome_of
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_messaging.topics import OUTCOMES
+from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import APP_ROLE
 from paystream_storage.outbox import shard_for
 
@@ -47,7 +48,11 @@ class PostingRefused(RuntimeError):
     with the transaction's history (the unit rolls back; a human must look)."""
 
 
-_SCOPE = "SELECT set_config('role', %s, true), set_config('paystream.tenant_id', %s, true)"
+# The tenant scope of the unit, and the configuration version for the caches: one round trip.
+_SCOPE = (
+    "SELECT set_config('role', %s, true), set_config('paystream.tenant_id', %s, true),"
+    " (SELECT version FROM config_version)"
+)
 
 _TXN_COLUMNS = (
     "id, tenant_id, account_id, type, status, version, amount_minor, currency, country,"
@@ -224,6 +229,20 @@ def _transaction(row: Sequence[Any]) -> TransactionRecord:
     )
 
 
+def _route(row: Sequence[Any]) -> Route:
+    return Route(
+        gateway=row[0],
+        provider=row[1],
+        country=row[2],
+        kind=TransactionType(row[3]),
+        priority=row[4],
+        enabled=row[5],
+        currencies=frozenset(row[6]),
+        min_amount_minor=row[7],
+        max_amount_minor=row[8],
+    )
+
+
 def _attempt(row: Sequence[Any]) -> AttemptRecord:
     return AttemptRecord(
         id=row[0],
@@ -275,10 +294,14 @@ class PgPaymentUnit:
         conn: psycopg.AsyncConnection[Any],
         tenant_id: uuid.UUID | None,
         registry: SchemaRegistry,
+        config: ConfigCache,
+        version: int,
     ) -> None:
         self._conn = conn
         self._tenant = tenant_id
         self._registry = registry
+        self._config = config
+        self._version = version
 
     @property
     def tenant(self) -> uuid.UUID:
@@ -293,8 +316,12 @@ class PgPaymentUnit:
     # --- commands ------------------------------------------------------------------------
 
     async def tenant_exists(self) -> bool:
+        key = ("tenant", self.tenant)
+        if self._config.get(key):
+            return True
         rows = await self._rows("SELECT 1 FROM tenants WHERE id = %s", (self.tenant,))
-        return bool(rows)
+        # Only a tenant that exists is remembered: one created a moment ago is found at once.
+        return self._config.put(key, True, read_at=self._version) if rows else False
 
     async def add_accounts(self, accounts: Sequence[tuple[str, str]]) -> None:
         if accounts:
@@ -343,26 +370,21 @@ class PgPaymentUnit:
     async def routing(
         self, country: str, kind: TransactionType
     ) -> tuple[list[Route], list[TenantConnection]]:
-        routes = [
-            Route(
-                gateway=row[0],
-                provider=row[1],
-                country=row[2],
-                kind=TransactionType(row[3]),
-                priority=row[4],
-                enabled=row[5],
-                currencies=frozenset(row[6]),
-                min_amount_minor=row[7],
-                max_amount_minor=row[8],
+        """From the process's configuration cache when it is current (see config_cache)."""
+        routes_key = ("routes", country, kind)
+        routes: list[Route] | None = self._config.get(routes_key)
+        if routes is None:
+            rows = await self._rows(_ROUTES, (country, kind.value))
+            routes = self._config.put(routes_key, [_route(r) for r in rows], read_at=self._version)
+        connections_key = ("connections", self.tenant)
+        connections: list[TenantConnection] | None = self._config.get(connections_key)
+        if connections is None:
+            rows = await self._rows(_CONNECTIONS, (self.tenant,))
+            connections = self._config.put(
+                connections_key,
+                [TenantConnection(r[0], r[1], r[2], r[3]) for r in rows],
+                read_at=self._version,
             )
-            for row in await self._rows(_ROUTES, (country, kind.value))
-        ]
-        connections = [
-            TenantConnection(
-                gateway=row[0], connection_id=row[1], enabled=row[2], created_at=row[3]
-            )
-            for row in await self._rows(_CONNECTIONS, (self.tenant,))
-        ]
         return routes, connections
 
     async def apply(self, transitions: Sequence[Transition], *, source: str) -> set[uuid.UUID]:
@@ -667,11 +689,16 @@ def _waves(holds: Sequence[Transition]) -> list[list[Transition]]:
 
 
 class PgPaymentStore:
-    """`paystream_core.ports.PaymentStore` on an SQLAlchemy engine's connection pool."""
+    """`paystream_core.ports.PaymentStore` on an SQLAlchemy engine's connection pool.
 
-    def __init__(self, engine: AsyncEngine, registry: SchemaRegistry) -> None:
+    `config` is the process's configuration cache: each unit refreshes its version."""
+
+    def __init__(
+        self, engine: AsyncEngine, registry: SchemaRegistry, config: ConfigCache | None = None
+    ) -> None:
         self._engine = engine
         self._registry = registry
+        self.config = config or ConfigCache()
 
     @asynccontextmanager
     async def unit(self, tenant_id: uuid.UUID | None) -> AsyncIterator[PgPaymentUnit]:
@@ -679,5 +706,8 @@ class PgPaymentStore:
             raw = await connection.get_raw_connection()
             conn: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
             async with conn.transaction():
-                await conn.execute(_SCOPE, (APP_ROLE, str(tenant_id or "")))
-                yield PgPaymentUnit(conn, tenant_id, self._registry)
+                cursor = await conn.execute(_SCOPE, (APP_ROLE, str(tenant_id or "")))
+                row = await cursor.fetchone()
+                version = int(row[2]) if row is not None else 0
+                self.config.observe(version)
+                yield PgPaymentUnit(conn, tenant_id, self._registry, self.config, version)
