@@ -81,6 +81,11 @@ def _seed_tenant(conn: psycopg.Connection[tuple[object, ...]], name: str) -> uui
     conn.execute(
         "INSERT INTO reconciliations (transaction_id, tenant_id) VALUES (%s, %s)", (txn, t)
     )
+    conn.execute(
+        "INSERT INTO idempotency_keys (tenant_id, key, payload_hash, transaction_id)"
+        " VALUES (%s, 'k', 'h', %s)",
+        (t, txn),
+    )
     return t
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
+import httpx
 import psycopg
 import pytest
 
@@ -166,3 +168,38 @@ def test_transaction_snapshot_and_tenant_isolation(ingest_env: IngestEnv) -> Non
     ]
     hidden = ingest_env.client.get("/v1/accounts/user-42/balances", headers=ingest_env.b.auth)
     assert hidden.status_code == 404
+
+
+def test_one_key_different_bodies_concurrently_only_the_first_is_accepted(
+    ingest_env: IngestEnv,
+) -> None:
+    """30 concurrent POSTs, one Idempotency-Key, 30 amounts: exactly one is accepted and
+    published, every other body gets 409, whatever the timing (the key is reserved in the
+    database before the command is published)."""
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=ingest_env.url, timeout=30) as client:
+            headers = {**ingest_env.a.auth, "Idempotency-Key": "raced-key"}
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/deposits", json={**DEPOSIT, "amount": f"{n}.00"}, headers=headers
+                    )
+                    for n in range(1, 31)
+                )
+            )
+
+    responses = asyncio.run(race())
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [202] + [409] * 29, codes
+    [accepted] = [r for r in responses if r.status_code == 202]
+    conflicts = [r for r in responses if r.status_code == 409]
+    assert {c.json()["transaction_id"] for c in conflicts} == {accepted.json()["transaction_id"]}
+    [record] = _commands(ingest_env, 1)
+    published = json.loads(record.value or b"{}")["amount_minor"]
+    with psycopg.connect(libpq(ingest_env.database_url)) as conn:
+        [(bound,)] = conn.execute(
+            "SELECT payload_hash FROM idempotency_keys WHERE key = 'raced-key'"
+        ).fetchall()
+    assert bound == json.loads(record.value or b"{}")["payload_hash"]
+    assert published in {n * 100 for n in range(1, 31)}

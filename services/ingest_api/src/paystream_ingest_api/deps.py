@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from paystream_ingest_api.auth import ApiKeyCache
 from paystream_ingest_api.metrics import IngestMetrics
@@ -35,6 +35,13 @@ class IngestDeps:
     seal_destination: Sealer
     metrics: IngestMetrics = field(default_factory=IngestMetrics)
     auth_cache: ApiKeyCache = field(default_factory=ApiKeyCache)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine behind `sessions`, for the one-statement paths that skip the ORM."""
+        engine = self.sessions.kw["bind"]
+        assert isinstance(engine, AsyncEngine)
+        return engine
 
 
 def b64(data: bytes) -> str:

@@ -29,6 +29,7 @@ from paystream_messaging.commands import (
     SealedDestination,
 )
 from paystream_storage.db import tenant_session
+from paystream_storage.idempotency import reserve_idempotency_key
 from paystream_storage.models import Account, Attempt, Balance, Transaction
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,18 @@ async def accept_command(
         fingerprint["destination"] = request.destination.masked()
     digest = payload_hash({"type": kind, **fingerprint})
 
-    stored = await _stored(deps, tenant, txn_id)
-    if stored is not None:
-        if stored.payload_hash != digest:
-            deps.metrics.replays.labels("conflict").inc()
-            raise Problem(
-                "idempotency-conflict",
-                f"Idempotency-Key {idempotency_key!r} was used for a different request",
-                transaction_id=str(txn_id),
-            )
+    # One statement: binds the key to this body, or says what it is bound to.
+    bound = await reserve_idempotency_key(deps.engine, tenant, idempotency_key, digest, txn_id)
+    if bound.payload_hash != digest:
+        deps.metrics.replays.labels("conflict").inc()
+        raise Problem(
+            "idempotency-conflict",
+            f"Idempotency-Key {idempotency_key!r} was used for a different request",
+            transaction_id=str(txn_id),
+        )
+    if bound.status is not None:
         deps.metrics.replays.labels("stored").inc()
-        return _accepted(txn_id, replay=True, current=stored)
+        return _accepted(txn_id, replay=True, status=bound.status, version=bound.version)
 
     fields: dict[str, Any] = {
         "transaction_id": txn_id,
@@ -104,25 +106,22 @@ async def accept_command(
             headers={"Retry-After": str(deps.settings.ingest_retry_after_s)},
         ) from exc
     deps.metrics.commands.labels(kind).inc()
-    return _accepted(txn_id, replay=False, current=None)
+    return _accepted(txn_id, replay=False)
 
 
-def _accepted(txn_id: uuid.UUID, *, replay: bool, current: Transaction | None) -> dict[str, Any]:
+def _accepted(
+    txn_id: uuid.UUID, *, replay: bool, status: str | None = None, version: int | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "transaction_id": str(txn_id),
         "status": "accepted",
         "idempotent_replay": replay,
         "links": {"self": f"/v1/transactions/{txn_id}"},
     }
-    if current is not None:
-        body["transaction_status"] = current.status
-        body["version"] = current.version
+    if status is not None:
+        body["transaction_status"] = status
+        body["version"] = version
     return body
-
-
-async def _stored(deps: IngestDeps, tenant: uuid.UUID, txn_id: uuid.UUID) -> Transaction | None:
-    async with tenant_session(deps.sessions, tenant) as session:
-        return await session.get(Transaction, txn_id)
 
 
 async def transaction_snapshot(
