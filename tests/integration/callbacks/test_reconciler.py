@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from paystream_cli.commands_callbacks import transactions
+from paystream_cli.commands.transactions import transactions
 from paystream_core.ids import payload_hash, transaction_id
 from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.handler import handle

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from paystream_cli.commands_gateways import connections, keys
+from paystream_cli.commands.connections import connections
+from paystream_cli.commands.keys import keys
 from paystream_cli.demo_seed import seed_routing
 from paystream_config import DatabaseSettings
 from paystream_storage.db import create_engine, sessionmaker
@@ -161,7 +162,7 @@ def test_sandbox_command_serves_until_stopped(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = (tmp_path / "sandbox.log").open("wb")
-    program = "from paystream_cli.commands_gateways import sandbox; sandbox()"
+    program = "from paystream_cli.commands.sandbox import sandbox; sandbox()"
     proc = subprocess.Popen(
         [sys.executable, "-c", program, "--port", str(port)],
         stdout=log,

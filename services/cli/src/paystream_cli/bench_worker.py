@@ -25,39 +25,24 @@ from pathlib import Path
 import httpx
 from confluent_kafka import Consumer, Producer
 
+from paystream_cli.bench_stack import private_env, start_dev
 from paystream_cli.demo_seed import DEPOSIT_ROUTES
 from paystream_core.ids import payload_hash, transaction_id
-from paystream_devinfra import free_port
 from paystream_keyring import DEV_KEYRING_FILE, read_keyring_file
-from paystream_messaging.cloudevents_codec import Event, encode
+from paystream_messaging.cloudevents_codec import encode
+from paystream_messaging.commands import RequestDeposit
+from paystream_messaging.outcomes import OUTCOME_TYPES
 from paystream_messaging.schemas import SchemaRegistry
 
 CURRENCY = {"DE": "EUR", "FR": "EUR", "GB": "GBP", "US": "USD", "BR": "BRL", "NG": "NGN"}
-TERMINAL = ("succeeded", "failed", "rejected", "unknown")
+# Where a command stops for this bench: terminal, or waiting for the reconciler.
+TERMINAL = {o.STATUS.value for o in OUTCOME_TYPES.values() if o.STATUS.terminal} | {"unknown"}
 
 
 def run(commands: int, latency_ms: int, concurrency: int, workers: int, rate: float | None) -> None:
     home = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_DATABASE_URL")
-    }
-    env.update(
-        PAYSTREAM_HOME=str(home),
-        PAYSTREAM_DEV_API_PORT=str(free_port()),
-        PAYSTREAM_DEV_CALLBACK_PORT=str(free_port()),
-        PAYSTREAM_DEV_SANDBOX_PORT=str(free_port()),
-        PAYSTREAM_WORKER_CONCURRENCY=str(concurrency),
-        PAYSTREAM_LOG_LEVEL="WARNING",
-    )
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "paystream_cli.main", "dev"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    env = private_env(home, PAYSTREAM_WORKER_CONCURRENCY=str(concurrency))
+    dev = start_dev(env, subprocess.DEVNULL)
     try:
         dev_env = _wait_env(home / "dev.env", dev)
         httpx.put(
@@ -167,30 +152,21 @@ def _measure(
         country = countries[i % len(countries)]
         key = f"bench-{uuid.uuid4()}"
         txn = transaction_id(tenant, key)
-        data = {
-            "transaction_id": str(txn),
-            "tenant_id": str(tenant),
-            "idempotency_key": key,
-            "account_id": f"bench-{i % 200}",
-            "country": country,
-            "amount_minor": 1000,
-            "currency": CURRENCY[country],
-            "payment_method": "pm_card_visa",
-            "requested_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        }
-        data["payload_hash"] = payload_hash(data)
-        record = encode(
-            Event(
-                id=str(uuid.uuid4()),
-                source="/paystream/bench",
-                type="paystream.deposit.requested.v1",
-                time=datetime.now(UTC),
-                tenant_id=str(tenant),
-                partition_key=f"bench-{i % 200}",
-                data=data,
-            ),
-            registry,
+        account = f"bench-{i % 200}"
+        body = {"account_id": account, "country": country, "amount": "10.00", "key": key}
+        command = RequestDeposit(
+            transaction_id=txn,
+            tenant_id=tenant,
+            idempotency_key=key,
+            payload_hash=payload_hash(body),
+            account_id=account,
+            country=country,
+            amount_minor=1000,
+            currency=CURRENCY[country],
+            requested_at=datetime.now(UTC),
+            payment_method="pm_card_visa",
         )
+        record = encode(command.to_event(source="/paystream/bench"), registry)
         sent[str(txn)] = time.monotonic()
         producer.produce(
             f"{prefix}.commands",

@@ -1,73 +1,17 @@
-"""`paystream serve callback-ingress`, `paystream worker callback|reconciler` and
-`paystream transactions unresolved`.
-
-Register in main.py: `serve.add_command(serve_callback_ingress)`,
-`worker.add_command(worker_callback)`, `worker.add_command(worker_reconciler)`,
-`cli.add_command(transactions)`.
-"""
+"""`paystream transactions unresolved`."""
 
 from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING
 
 import click
-from pydantic_settings import BaseSettings
 
-from paystream_cli import logs
-from paystream_config import DatabaseSettings, SettingsError, load
+from paystream_cli.common import database, fail, run_owner
 
-_S = TypeVar("_S", bound=BaseSettings)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"paystream: {message}", err=True)
-    sys.exit(2)
-
-
-def _settings(cls: type[_S]) -> _S:
-    try:
-        return load(cls)
-    except SettingsError as exc:
-        _fail(str(exc))
-
-
-@click.command("callback-ingress")
-def serve_callback_ingress() -> None:
-    """Provider callbacks over HTTP, verified and published to Kafka (PAYSTREAM_CALLBACK_*)."""
-    from paystream_callback_ingress.main import run
-
-    logs.setup("callback-ingress")
-    try:
-        run()
-    except SettingsError as exc:
-        _fail(str(exc))
-
-
-@click.command("callback")
-def worker_callback() -> None:
-    """Apply provider callbacks to transactions (faust; PAYSTREAM_CALLBACK_WORKER_*)."""
-    from paystream_provider_reports.main import run_callback_worker
-
-    logs.setup("callback-worker")
-    try:
-        run_callback_worker()
-    except SettingsError as exc:
-        _fail(str(exc))
-
-
-@click.command("reconciler")
-def worker_reconciler() -> None:
-    """Resolve pending/unknown transactions by provider lookups; expire stale actions
-    (PAYSTREAM_RECONCILER_*)."""
-    from paystream_provider_reports.main import run_reconciler
-
-    logs.setup("reconciler")
-    try:
-        run_reconciler()
-    except SettingsError as exc:
-        _fail(str(exc))
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 
 @click.group("transactions")
@@ -99,14 +43,10 @@ def transactions_unresolved(
     money may have moved) and received/processing ones nothing moves any more (their
     command was dead-lettered). Check them at the provider. Exit code 1 when there are any."""
     from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import AsyncSession
 
-    from paystream_cli.admin import run_owner
-    from paystream_provider_reports.settings import ReconcilerSettings
-
-    db = _settings(DatabaseSettings)
-    horizon = older_than if older_than is not None else _horizon(ReconcilerSettings)
-    stuck = stuck_after if stuck_after is not None else _stuck(ReconcilerSettings)
+    db = database()
+    horizon = older_than if older_than is not None else _seconds("reconciler_horizon_s")
+    stuck = stuck_after if stuck_after is not None else _seconds("reconciler_stuck_processing_s")
 
     async def action(session: AsyncSession) -> list[tuple[object, ...]]:
         rows = await session.execute(
@@ -149,23 +89,17 @@ def transactions_unresolved(
     sys.exit(1)
 
 
-def _horizon(cls: type[BaseSettings]) -> float:
-    return _seconds(cls, "reconciler_horizon_s")
-
-
-def _stuck(cls: type[BaseSettings]) -> float:
-    return _seconds(cls, "reconciler_stuck_processing_s")
-
-
-def _seconds(cls: type[BaseSettings], field: str) -> float:
-    # Only this one value is needed here: read it without requiring the other settings.
+def _seconds(field: str) -> float:
+    """The reconciler's PAYSTREAM_<FIELD>, read alone: the other settings are not needed here."""
     import os
+
+    from paystream_provider_reports.settings import ReconcilerSettings
 
     name = f"PAYSTREAM_{field.upper()}"
     raw = os.environ.get(name)
     if raw is None:
-        return float(cls.model_fields[field].default)
+        return float(ReconcilerSettings.model_fields[field].default)
     try:
         return float(raw)
     except ValueError:
-        _fail(f"{name}: not a number: {raw!r}")
+        fail(f"{name}: not a number: {raw!r}")

@@ -1,0 +1,1 @@
+"""The `paystream` command groups, one module each; `paystream_cli.main` registers them."""
