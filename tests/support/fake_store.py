@@ -401,7 +401,9 @@ class FakeUnit:
                 found[a.transaction_id].append(a)
         return found
 
-    async def add_attempts(self, attempts: Sequence[AttemptRecord]) -> set[uuid.UUID]:
+    async def add_attempts(
+        self, attempts: Sequence[AttemptRecord], *, contested: bool = True
+    ) -> set[uuid.UUID]:
         inserted: set[uuid.UUID] = set()
         now = self._now()
         for a in attempts:

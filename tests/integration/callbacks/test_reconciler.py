@@ -30,6 +30,7 @@ from paystream_provider_reports.reconciler import Reconciler
 from paystream_provider_reports.settings import ReconcilerSettings
 from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.payments import PgPaymentStore
+from paystream_storage.pool import HotPool
 from paystream_streams.records import RawRecord
 from tests.integration.callbacks.conftest import Conn, Stack
 
@@ -114,7 +115,7 @@ async def env(stack: Stack) -> AsyncIterator[Env]:
     engine = create_engine(settings)
     source = DbConnectionSource(sessionmaker(engine))
     registry = SchemaRegistry()
-    store = PgPaymentStore(engine, registry)
+    store = PgPaymentStore(HotPool(settings), registry)
     gw = WorkerDeps(
         settings=settings,
         store=store,

@@ -30,8 +30,8 @@ from paystream_gateways.resilience import Breakers
 from paystream_keyring import KeyRing, KeyRingSettings, new_key_entry
 from paystream_messaging.cloudevents_codec import Event, encode
 from paystream_messaging.schemas import SchemaRegistry
-from paystream_storage.db import create_engine
 from paystream_storage.payments import PgPaymentStore
+from paystream_storage.pool import HotPool
 from paystream_streams.records import RawRecord
 from tests.support.databases import libpq
 
@@ -222,7 +222,7 @@ def worker_env(primary_database_url: str) -> WorkerEnv:
     registry = SchemaRegistry()
     deps = WorkerDeps(
         settings=settings,
-        store=PgPaymentStore(create_engine(settings), registry),
+        store=PgPaymentStore(HotPool(settings), registry),
         registry=registry,
         gateways=Lookup({connections[n]: g for n, g in gateways.items()}),
         keyring=ring,

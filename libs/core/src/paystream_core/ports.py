@@ -121,9 +121,12 @@ class PaymentUnit(Protocol):
         """Every attempt of each transaction, by seq (row-locked with `lock`)."""
         ...
 
-    async def add_attempts(self, attempts: Sequence[AttemptRecord]) -> set[uuid.UUID]:
+    async def add_attempts(
+        self, attempts: Sequence[AttemptRecord], *, contested: bool = True
+    ) -> set[uuid.UUID]:
         """Insert; returns the ids inserted. One whose (transaction, seq) another worker took
-        first is not inserted."""
+        first is not inserted. `contested=False`: the transactions were created in this
+        unit, so no other worker can have recorded an attempt (the store need not check)."""
         ...
 
     async def save_attempts(self, attempts: Sequence[AttemptRecord]) -> None: ...

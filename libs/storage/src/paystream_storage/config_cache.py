@@ -30,6 +30,8 @@ VERSION_QUERY = "SELECT version FROM config_version"
 class ConfigCache:
     def __init__(self) -> None:
         self.version = 0
+        # Tenants are never deleted: one known to exist stays known, whatever the version.
+        self.tenants: set[Any] = set()
         self._entries: dict[Hashable, Any] = {}
         self._listeners: list[Callable[[], None]] = []
 

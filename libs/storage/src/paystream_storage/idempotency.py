@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
-from sqlalchemy.ext.asyncio import AsyncEngine
+from paystream_storage.pool import HotPool
 
 _RESERVE = (
     "SELECT stored_hash, status, version FROM paystream_reserve_idempotency_key(%s, %s, %s, %s)"
@@ -28,17 +26,14 @@ class Reservation:
 
 
 async def reserve_idempotency_key(
-    engine: AsyncEngine,
+    pool: HotPool,
     tenant_id: uuid.UUID,
     key: str,
     payload_hash: str,
     transaction_id: uuid.UUID,
 ) -> Reservation:
-    async with engine.connect() as connection:
-        raw = await connection.get_raw_connection()
-        conn: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    async with pool.connection() as conn:  # committed when the block ends
         cursor = await conn.execute(_RESERVE, (tenant_id, key, payload_hash, transaction_id))
         row = await cursor.fetchone()
-        await conn.commit()
     assert row is not None  # the function always returns one row
     return Reservation(row[0], row[1], row[2])

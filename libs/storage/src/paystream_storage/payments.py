@@ -2,8 +2,13 @@
 
 A unit is one database transaction on a pooled connection, as the non-owner app role with
 the tenant set LOCAL to it (row-level security holds on every statement). Statements take
-whole batches as arrays (`unnest`), so a batch of commands costs a handful of round trips
+whole batches as arrays (`unnest`), so a batch of commands costs a handful of statements
 instead of a few per command; their text never varies, so psycopg prepares them once.
+
+The unit runs in psycopg's pipeline mode: a statement whose result is not needed yet is
+only queued, and goes to the server with the next one that must be read. Writes whose
+row counts prove the unit held its locks are checked just before the commit (`verify`).
+So a unit costs a few network round trips, whatever its number of statements.
 Plain psycopg, not the ORM: this is the hot path, and nothing here needs an object graph.
 """
 
@@ -11,13 +16,12 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paystream_core.ledger import balance_deltas, legs
 from paystream_core.ports import (
@@ -36,6 +40,7 @@ from paystream_messaging.topics import OUTCOMES
 from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import APP_ROLE
 from paystream_storage.outbox import shard_for
+from paystream_storage.pool import HotPool
 
 
 class ConcurrentChange(RuntimeError):
@@ -295,13 +300,35 @@ class PgPaymentUnit:
         tenant_id: uuid.UUID | None,
         registry: SchemaRegistry,
         config: ConfigCache,
-        version: int,
+        scope: psycopg.AsyncCursor[Any],
     ) -> None:
         self._conn = conn
         self._tenant = tenant_id
         self._registry = registry
         self._config = config
-        self._version = version
+        self._scope = scope  # its row carries the configuration version, read when needed
+        self._version: int | None = None
+        self._checks: list[tuple[psycopg.AsyncCursor[Any], Callable[[list[Any]], None]]] = []
+
+    async def version(self) -> int:
+        """The configuration version this unit runs under (the caches are checked on it)."""
+        if self._version is None:
+            row = await self._scope.fetchone()
+            self._version = int(row[2]) if row is not None else 0
+            self._config.observe(self._version)
+        return self._version
+
+    def _check_later(
+        self, cursor: psycopg.AsyncCursor[Any], check: Callable[[list[Any]], None]
+    ) -> None:
+        self._checks.append((cursor, check))
+
+    async def verify(self) -> None:
+        """Read the deferred results and raise if one proves the unit wrong (before the
+        commit: the whole unit then rolls back)."""
+        checks, self._checks = self._checks, []
+        for cursor, check in checks:
+            check(await cursor.fetchall())
 
     @property
     def tenant(self) -> uuid.UUID:
@@ -316,12 +343,14 @@ class PgPaymentUnit:
     # --- commands ------------------------------------------------------------------------
 
     async def tenant_exists(self) -> bool:
-        key = ("tenant", self.tenant)
-        if self._config.get(key):
+        # Tenants are never deleted, so one seen once is known for good (whatever the
+        # version); one created a moment ago is found at once: misses are not remembered.
+        if self.tenant in self._config.tenants:
             return True
         rows = await self._rows("SELECT 1 FROM tenants WHERE id = %s", (self.tenant,))
-        # Only a tenant that exists is remembered: one created a moment ago is found at once.
-        return self._config.put(key, True, read_at=self._version) if rows else False
+        if rows:
+            self._config.tenants.add(self.tenant)
+        return bool(rows)
 
     async def add_accounts(self, accounts: Sequence[tuple[str, str]]) -> None:
         if accounts:
@@ -371,11 +400,12 @@ class PgPaymentUnit:
         self, country: str, kind: TransactionType
     ) -> tuple[list[Route], list[TenantConnection]]:
         """From the process's configuration cache when it is current (see config_cache)."""
+        version = await self.version()
         routes_key = ("routes", country, kind)
         routes: list[Route] | None = self._config.get(routes_key)
         if routes is None:
             rows = await self._rows(_ROUTES, (country, kind.value))
-            routes = self._config.put(routes_key, [_route(r) for r in rows], read_at=self._version)
+            routes = self._config.put(routes_key, [_route(r) for r in rows], read_at=version)
         connections_key = ("connections", self.tenant)
         connections: list[TenantConnection] | None = self._config.get(connections_key)
         if connections is None:
@@ -383,7 +413,7 @@ class PgPaymentUnit:
             connections = self._config.put(
                 connections_key,
                 [TenantConnection(r[0], r[1], r[2], r[3]) for r in rows],
-                read_at=self._version,
+                read_at=version,
             )
         return routes, connections
 
@@ -412,10 +442,15 @@ class PgPaymentUnit:
             )
             for t in applied
         ]
-        updated = await self._rows(_UPDATE_TRANSACTIONS, _columns(rows, 8))
-        if len(updated) != len(applied):
-            missing = {t.after.id for t in applied} - {row[0] for row in updated}
-            raise ConcurrentChange(f"transactions changed under their lock: {sorted(missing)}")
+        expected = {t.after.id for t in applied}
+
+        def all_updated(updated: list[Any]) -> None:
+            missing = expected - {row[0] for row in updated}
+            if missing:
+                raise ConcurrentChange(f"transactions changed under their lock: {sorted(missing)}")
+
+        cursor = await self._conn.execute(_UPDATE_TRANSACTIONS, _columns(rows, 8))
+        self._check_later(cursor, all_updated)
         await self._outcomes(applied, source)
         return refused
 
@@ -445,9 +480,16 @@ class PgPaymentUnit:
             refused |= {t.after.id for t in wave if _balance(t) not in done}
         if others:
             wanted = {_balance(t) for t in others}
-            missing = wanted - await self._post_together(others)
-            if missing:
-                raise PostingRefused(f"postings would take balances below zero: {sorted(missing)}")
+
+            def all_posted(done: list[Any]) -> None:
+                missing = wanted - {(row[0], row[1]) for row in done}
+                if missing:
+                    raise PostingRefused(
+                        f"postings would take balances below zero: {sorted(missing)}"
+                    )
+
+            # Credits and moves of a hold this transaction placed: checked before the commit.
+            self._check_later(await self._post_statement(others), all_posted)
         wrong = [t.after.id for t in money if t.after.id in refused and not t.hold]
         if wrong:
             raise PostingRefused(f"postings refused for {sorted(wrong)}")
@@ -464,6 +506,10 @@ class PgPaymentUnit:
     async def _post_together(self, transitions: Sequence[Transition]) -> set[tuple[str, str]]:
         """Post in one statement, each balance once (deltas summed); returns the balances
         whose update went through (all of a balance's postings, or none)."""
+        done = await (await self._post_statement(transitions)).fetchall()
+        return {(row[0], row[1]) for row in done}
+
+    async def _post_statement(self, transitions: Sequence[Transition]) -> psycopg.AsyncCursor[Any]:
         deltas: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
         for t in transitions:
             assert t.money is not None
@@ -472,8 +518,7 @@ class PgPaymentUnit:
             delta[0] += available
             delta[1] += held
         rows = [(a, c, d[0], d[1]) for (a, c), d in sorted(deltas.items())]
-        done = await self._rows(_POST, (*_columns(rows, 4), self.tenant))
-        return {(row[0], row[1]) for row in done}
+        return await self._conn.execute(_POST, (*_columns(rows, 4), self.tenant))
 
     async def _outcomes(self, applied: Sequence[Transition], source: str) -> None:
         """One outcome event per new version, validated here, where a bug can still roll
@@ -511,7 +556,9 @@ class PgPaymentUnit:
             found[row[2]].append(_attempt(row))
         return found
 
-    async def add_attempts(self, attempts: Sequence[AttemptRecord]) -> set[uuid.UUID]:
+    async def add_attempts(
+        self, attempts: Sequence[AttemptRecord], *, contested: bool = True
+    ) -> set[uuid.UUID]:
         if not attempts:
             return set()
         rows = [
@@ -527,6 +574,9 @@ class PgPaymentUnit:
             )
             for a in attempts
         ]
+        if not contested:  # nobody else can have recorded these: no need to wait for it
+            await self._conn.execute(_ADD_ATTEMPTS, _columns(rows, 8))
+            return {a.id for a in attempts}
         inserted = await self._rows(_ADD_ATTEMPTS, _columns(rows, 8))
         return {row[0] for row in inserted}
 
@@ -689,25 +739,22 @@ def _waves(holds: Sequence[Transition]) -> list[list[Transition]]:
 
 
 class PgPaymentStore:
-    """`paystream_core.ports.PaymentStore` on an SQLAlchemy engine's connection pool.
+    """`paystream_core.ports.PaymentStore` on the hot-path connection pool.
 
     `config` is the process's configuration cache: each unit refreshes its version."""
 
     def __init__(
-        self, engine: AsyncEngine, registry: SchemaRegistry, config: ConfigCache | None = None
+        self, pool: HotPool, registry: SchemaRegistry, config: ConfigCache | None = None
     ) -> None:
-        self._engine = engine
+        self._pool = pool
         self._registry = registry
         self.config = config or ConfigCache()
 
     @asynccontextmanager
     async def unit(self, tenant_id: uuid.UUID | None) -> AsyncIterator[PgPaymentUnit]:
-        async with self._engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            conn: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
-            async with conn.transaction():
-                cursor = await conn.execute(_SCOPE, (APP_ROLE, str(tenant_id or "")))
-                row = await cursor.fetchone()
-                version = int(row[2]) if row is not None else 0
-                self.config.observe(version)
-                yield PgPaymentUnit(conn, tenant_id, self._registry, self.config, version)
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            scope = await conn.execute(_SCOPE, (APP_ROLE, str(tenant_id or "")))
+            unit = PgPaymentUnit(conn, tenant_id, self._registry, self.config, scope)
+            yield unit
+            await unit.verify()
+            await unit.version()  # observe it, even if nothing needed it

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -102,18 +102,33 @@ def _by_tenant(items: Sequence[Any]) -> dict[uuid.UUID, list[Any]]:
 
 
 async def plan_attempts(
-    deps: WorkerDeps, unit: PaymentUnit, txn_ids: Sequence[uuid.UUID]
+    deps: WorkerDeps,
+    unit: PaymentUnit,
+    txn_ids: Sequence[uuid.UUID],
+    *,
+    known: Mapping[uuid.UUID, TransactionRecord] | None = None,
+    known_attempts: Mapping[uuid.UUID, list[AttemptRecord]] | None = None,
 ) -> list[Plan]:
     """Record (and commit with `unit`) the next attempt of each transaction, or find the
-    unfinished one to redo; fail those with no gateway left. Returns what to call."""
-    txns = await unit.lock_transactions(txn_ids)
+    unfinished one to redo; fail those with no gateway left. Returns what to call.
+
+    `known`: transactions this unit already holds locked, as they are now; `known_attempts`:
+    their attempts as they are now (a transaction created in this unit has none, so no
+    other worker can race for its first attempt). Nothing is read twice."""
+    known = known or {}
+    known_attempts = known_attempts or {}
+    unknown = [i for i in txn_ids if i not in known]
+    txns = {**known, **(await unit.lock_transactions(unknown) if unknown else {})}
     plans: list[Plan] = []
     failures: list[Transition] = []
     todo = [txns[i] for i in txn_ids if i in txns]
+    fresh = {t.id for t in todo if known_attempts.get(t.id) == []}
     for _ in range(_MAX_RACES):
         if not todo:
             break
-        attempts = await unit.attempts([t.id for t in todo])
+        unread = [t.id for t in todo if t.id not in known_attempts]
+        attempts = {**known_attempts, **(await unit.attempts(unread) if unread else {})}
+        known_attempts = {}  # a second round reads what a racing worker recorded
         new: list[tuple[TransactionRecord, AttemptRecord]] = []
         for txn in todo:
             step = next_step(txn, attempts[txn.id], await _candidates(unit, txn))
@@ -147,7 +162,8 @@ async def plan_attempts(
                     deps.metrics.commands.labels("failed_all_gateways").inc()
                 case Blocked(reason=reason):
                     log.error("transaction %s cannot go on: %s", txn.id, reason)
-        inserted = await unit.add_attempts([record for _, record in new])
+        contested = any(txn.id not in fresh for txn, _ in new)
+        inserted = await unit.add_attempts([record for _, record in new], contested=contested)
         todo = []
         for txn, record in new:
             if record.id in inserted:
@@ -257,8 +273,14 @@ async def _conclude(deps: WorkerDeps, answered: list[tuple[Plan, CallResult]]) -
     for tenant_id, items in _by_tenant([p for p, _ in answered]).items():
         results = {p.transaction_id: r for p, r in answered if p.tenant_id == tenant_id}
         async with deps.store.unit(tenant_id) as unit:
-            fall_back = await _conclude_tenant(deps, unit, items, results)
-            again += await plan_attempts(deps, unit, fall_back)
+            fall_back, txns, attempts = await _conclude_tenant(deps, unit, items, results)
+            again += await plan_attempts(
+                deps,
+                unit,
+                fall_back,
+                known={i: txns[i] for i in fall_back},
+                known_attempts={i: attempts[i] for i in fall_back},
+            )
     return again
 
 
@@ -267,7 +289,13 @@ async def _conclude_tenant(
     unit: PaymentUnit,
     plans: Sequence[Plan],
     results: dict[uuid.UUID, CallResult],
-) -> list[uuid.UUID]:
+) -> tuple[
+    list[uuid.UUID],
+    dict[uuid.UUID, TransactionRecord],
+    dict[uuid.UUID, list[AttemptRecord]],
+]:
+    """Returns the transactions to try on the next gateway, with every transaction and
+    attempt as this unit now holds them (locked)."""
     ids = [p.transaction_id for p in plans]
     txns = await unit.lock_transactions(ids)
     attempts = await unit.attempts(ids, lock=True)
@@ -286,17 +314,17 @@ async def _conclude_tenant(
         # finishes an attempt that is still just started.
         settles = OPEN_ATTEMPT if isinstance(decided, Conclude) else {AttemptStatus.STARTED}
         if attempt.status in settles:
-            saved.append(
-                dataclasses.replace(
-                    attempt,
-                    status=result.status,
-                    provider_reference=result.provider_reference or attempt.provider_reference,
-                    error_class=result.error_class,
-                    error_code=result.error_code,
-                    error_message=result.error_message,
-                    finished_at=now,
-                )
+            finished = dataclasses.replace(
+                attempt,
+                status=result.status,
+                provider_reference=result.provider_reference or attempt.provider_reference,
+                error_class=result.error_class,
+                error_code=result.error_code,
+                error_message=result.error_message,
+                finished_at=now,
             )
+            saved.append(finished)
+            attempts[txn.id] = [finished if a.id == attempt.id else a for a in attempts[txn.id]]
         if isinstance(decided, FallBack):
             log.info(
                 "transaction %s attempt %d at %s: %s (%s), trying the next gateway",
@@ -337,7 +365,7 @@ async def _conclude_tenant(
     await unit.save_attempts(saved)
     await unit.apply(moves, source=SOURCE)
     await unit.add_anomalies(anomalies)
-    return again
+    return again, txns, attempts
 
 
 def _contradiction(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from paystream_core.ports import PaymentUnit
-from paystream_core.records import TransactionRecord
+from paystream_core.records import AttemptRecord, TransactionRecord
 from paystream_core.routing import Route, TenantConnection, candidates
 from paystream_core.statuses import Status
 from paystream_core.transitions import Transition, transition
@@ -41,6 +41,7 @@ class Accepted:
     tenant_id: uuid.UUID
     transaction_id: uuid.UUID
     plan: Plan | None = None
+    created: bool = False  # stored by this delivery (not a redelivery)
 
 
 async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepted]:
@@ -63,11 +64,14 @@ async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepte
     for tenant_id, commands in by_tenant.items():
         async with deps.store.unit(tenant_id) as unit:
             if await unit.tenant_exists():
-                stored, problems = await _store(deps, unit, tenant_id, commands)
-                plans = {
-                    p.transaction_id: p
-                    for p in await plan_attempts(deps, unit, [a.transaction_id for a in stored])
+                stored, problems, held = await _store(deps, unit, tenant_id, commands)
+                ids = [a.transaction_id for a in stored]
+                # Transactions created by this unit have no attempt yet: nothing to read.
+                fresh: dict[uuid.UUID, list[AttemptRecord]] = {
+                    a.transaction_id: [] for a in stored if a.created
                 }
+                planned = await plan_attempts(deps, unit, ids, known=held, known_attempts=fresh)
+                plans = {p.transaction_id: p for p in planned}
                 stored = [dataclasses.replace(a, plan=plans.get(a.transaction_id)) for a in stored]
             else:
                 stored = []
@@ -85,42 +89,44 @@ async def _store(
     unit: PaymentUnit,
     tenant_id: uuid.UUID,
     commands: Sequence[tuple[RawRecord, Command]],
-) -> tuple[list[Accepted], list[tuple[RawRecord, str]]]:
-    stored = await unit.lock_transactions({c.transaction_id for _, c in commands})
+) -> tuple[list[Accepted], list[tuple[RawRecord, str]], dict[uuid.UUID, TransactionRecord]]:
+    """Returns what was accepted, what must be dead-lettered, and every accepted
+    transaction as this unit now holds it (locked); `Accepted.created` marks those this
+    unit created."""
+    first: dict[uuid.UUID, tuple[RawRecord, Command]] = {}
+    copies: list[tuple[RawRecord, Command]] = []
+    for record, command in commands:
+        if command.transaction_id in first:
+            copies.append((record, command))
+        else:
+            first[command.transaction_id] = (record, command)
+    # Insert first: a new command (the usual case) then costs no read. Those that existed
+    # (a redelivery, or another body under the same key) are read and locked after.
+    await unit.add_accounts([(c.account_id, c.country) for _, c in first.values()])
+    rows = [_received(c) for _, c in first.values()]
+    inserted = await unit.add_transactions(rows)
+    stored = await unit.lock_transactions([i for i in first if i not in inserted])
+    bound = {
+        i: (stored[i].payload_hash if i in stored else c.payload_hash)
+        for i, (_, c) in first.items()
+    }
     accepted: list[Accepted] = []
     problems: list[tuple[RawRecord, str]] = []
-    new: dict[uuid.UUID, tuple[RawRecord, Command]] = {}
-    for record, command in commands:
-        known = stored.get(command.transaction_id)
-        first = new.get(command.transaction_id)
-        payload_hash = known.payload_hash if known else first[1].payload_hash if first else None
-        if payload_hash is None:
-            new[command.transaction_id] = (record, command)
-        elif payload_hash != command.payload_hash:
+    for txn_id, (record, command) in first.items():
+        if txn_id in inserted:
+            continue
+        if bound[txn_id] != command.payload_hash:
             # Same tenant + key, other body: the stored transaction is untouched.
             problems.append((record, _conflict(command)))
-        elif known is not None:
-            accepted.append(Accepted(record, tenant_id, command.transaction_id))
-        # else: the same command twice in one batch: the first copy carries it
-    if not new:
-        return accepted, problems
-    await unit.add_accounts([(c.account_id, c.country) for _, c in new.values()])
-    rows = [_received(c) for _, c in new.values()]
-    inserted = await unit.add_transactions(rows)
-    if len(inserted) != len(rows):
-        # Another worker stored some of them between our read and our insert (a
-        # redelivery racing this one): read them and treat them like redeliveries.
-        raced = {t.id for t in rows} - inserted
-        again = await unit.lock_transactions(raced)
-        for txn_id in raced:
-            record, command = new.pop(txn_id)
-            if again[txn_id].payload_hash != command.payload_hash:
-                problems.append((record, _conflict(command)))
-            else:
-                accepted.append(Accepted(record, tenant_id, txn_id))
-        rows = [t for t in rows if t.id in inserted]
-    accepted += await _accept_or_reject(deps, unit, rows, new)
-    return accepted, problems
+        else:
+            accepted.append(Accepted(record, tenant_id, txn_id))  # a redelivery: resume
+    for record, command in copies:  # the same key twice in one batch: the first one carries it
+        if bound[command.transaction_id] != command.payload_hash:
+            problems.append((record, _conflict(command)))
+    new = [t for t in rows if t.id in inserted]
+    taken, after = await _accept_or_reject(deps, unit, new, first)
+    created = [dataclasses.replace(a, created=True) for a in taken]
+    return accepted + created, problems, {**stored, **after}
 
 
 def _conflict(command: Command) -> str:
@@ -157,7 +163,7 @@ async def _accept_or_reject(
     unit: PaymentUnit,
     rows: Sequence[TransactionRecord],
     new: dict[uuid.UUID, tuple[RawRecord, Command]],
-) -> list[Accepted]:
+) -> tuple[list[Accepted], dict[uuid.UUID, TransactionRecord]]:
     """Route each new transaction: no gateway -> rejected; otherwise processing, which for a
     withdrawal holds its amount (refused holds -> rejected for insufficient funds)."""
     now = datetime.now(UTC)
@@ -185,7 +191,10 @@ async def _accept_or_reject(
             rejected[txn.id] = NO_GATEWAY
         assert move is not None  # received -> processing | rejected is always allowed
         moves.append(move)
+    if not rows:
+        return [], {}
     refused = await unit.apply(moves, source=SOURCE)
+    after = {m.after.id: m.after for m in moves if m.after.id not in refused}
     if refused:
         by_id = {t.id: t for t in rows}
         rejections = []
@@ -193,6 +202,7 @@ async def _accept_or_reject(
             move = transition(by_id[txn_id], Status.REJECTED, at=now, failure=INSUFFICIENT_FUNDS)
             assert move is not None
             rejections.append(move)
+            after[txn_id] = move.after
             rejected[txn_id] = INSUFFICIENT_FUNDS[0]
         await unit.apply(rejections, source=SOURCE)
     accepted = []
@@ -204,7 +214,7 @@ async def _accept_or_reject(
         else:
             deps.metrics.commands.labels(f"rejected_{code}").inc()
             log.info("transaction %s rejected: %s", txn.id, code)
-    return accepted
+    return accepted, after
 
 
 async def _dead_letter(deps: WorkerDeps, record: RawRecord, reason: str) -> None:

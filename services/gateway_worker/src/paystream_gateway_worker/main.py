@@ -19,6 +19,7 @@ from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.payments import PgPaymentStore
+from paystream_storage.pool import HotPool
 from paystream_streams import app as streams
 from paystream_streams.records import KafkaDeadLetters
 
@@ -33,7 +34,7 @@ def build_deps_factory(
         publisher = AsyncPublisher(producer_config(settings, "paystream-gateway-worker"))
         return WorkerDeps(
             settings=settings,
-            store=PgPaymentStore(engine, registry, config),
+            store=PgPaymentStore(HotPool(settings), registry, config),
             registry=registry,
             gateways=GatewayManager(
                 CachedConnectionSource(DbConnectionSource(sessionmaker(engine)), config),

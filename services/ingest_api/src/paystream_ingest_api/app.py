@@ -32,7 +32,9 @@ _TRACEPARENT_LEN = 55
 
 def create_app(deps: IngestDeps) -> FastAPI:
     app = FastAPI(
-        lifespan=closing_lifespan("ingest-api", log, deps.publisher, deps.sessions),
+        lifespan=closing_lifespan(
+            "ingest-api", log, deps.publisher, deps.sessions, deps.pool.close
+        ),
         title="paystream ingest API",
         version="1.0.0",
         description="Deposits and withdrawals, accepted once Kafka acknowledged the command.",

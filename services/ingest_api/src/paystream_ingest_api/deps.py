@@ -7,13 +7,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from paystream_ingest_api.auth import ApiKeyCache
 from paystream_ingest_api.metrics import IngestMetrics
 from paystream_ingest_api.settings import IngestSettings
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.schemas import SchemaRegistry
+from paystream_storage.pool import HotPool
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,11 @@ class IngestDeps:
     settings: IngestSettings
     publisher: AsyncPublisher
     sessions: async_sessionmaker[AsyncSession]
+    pool: HotPool  # plain psycopg, for the one statement per POST
     registry: SchemaRegistry
     seal_destination: Sealer
     metrics: IngestMetrics = field(default_factory=IngestMetrics)
     auth_cache: ApiKeyCache = field(default_factory=ApiKeyCache)
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """The engine behind `sessions`, for the one-statement paths that skip the ORM."""
-        engine = self.sessions.kw["bind"]
-        assert isinstance(engine, AsyncEngine)
-        return engine
 
 
 def b64(data: bytes) -> str:

@@ -54,7 +54,7 @@ async def accept_command(
     digest = payload_hash({"type": kind, **fingerprint})
 
     # One statement: binds the key to this body, or says what it is bound to.
-    bound = await reserve_idempotency_key(deps.engine, tenant, idempotency_key, digest, txn_id)
+    bound = await reserve_idempotency_key(deps.pool, tenant, idempotency_key, digest, txn_id)
     if bound.payload_hash != digest:
         deps.metrics.replays.labels("conflict").inc()
         raise Problem(

@@ -17,6 +17,7 @@ from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.db import create_engine, sessionmaker
+from paystream_storage.pool import HotPool
 from paystream_web.serving import serve
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def build_deps(settings: IngestSettings, ring: KeyRing) -> IngestDeps:
         settings=settings,
         publisher=AsyncPublisher(config),
         sessions=sessionmaker(create_engine(settings)),
+        pool=HotPool(settings),
         registry=SchemaRegistry(),
         seal_destination=destination_sealer(ring),
     )

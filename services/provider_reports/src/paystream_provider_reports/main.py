@@ -23,6 +23,7 @@ from paystream_provider_reports.settings import CallbackWorkerSettings, Reconcil
 from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.payments import PgPaymentStore
+from paystream_storage.pool import HotPool
 from paystream_streams import app as streams
 from paystream_streams.health import serve_health
 from paystream_streams.records import DeadLetters, KafkaDeadLetters, RawRecord
@@ -43,7 +44,7 @@ def build_deps(db: DatabaseSettings, ring: KeyRing, dead_letters: DeadLetters) -
     config = ConfigCache()
     source = CachedConnectionSource(DbConnectionSource(sessionmaker(engine)), config)
     return CallbackDeps(
-        store=PgPaymentStore(engine, registry, config),
+        store=PgPaymentStore(HotPool(db), registry, config),
         registry=registry,
         gateways=GatewayManager(source, ring),
         connections=source,
