@@ -16,7 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urljoin, urlsplit
+from uuid import UUID
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry, Resource
@@ -102,11 +104,27 @@ def _is_uri(instance: object) -> bool:
     return not (parts.scheme.lower() in ("http", "https") and not parts.hostname)
 
 
+def _is_uuid(instance: object) -> bool:
+    """As jsonschema checks it: parses, and is in the hyphenated 8-4-4-4-12 form."""
+    if not isinstance(instance, str):
+        return True
+    try:
+        UUID(instance)
+    except ValueError:
+        return False
+    return len(instance) == 36 and all(instance[i] == "-" for i in (8, 13, 18, 23))
+
+
 def _format_checker() -> FormatChecker:
     checker = FormatChecker()  # copies the checkers known to jsonschema (uuid, date, ...)
     checker.checks("date-time")(_is_date_time)
     checker.checks("uri")(_is_uri)
     return checker
+
+
+# The formats our schemas use, checked by the fast validator with exactly the functions
+# above (a unit test keeps the list complete and both validators in agreement).
+FAST_FORMATS = {"date-time": _is_date_time, "uri": _is_uri, "uuid": _is_uuid}
 
 
 # --- discovery -----------------------------------------------------------------------------
@@ -159,12 +177,23 @@ class SchemaRegistry:
         refs: Registry[Any] = Registry().with_resources(resources)
         checker = _format_checker()
         by_id = {doc["$id"]: doc for doc in documents.values()}
-        self._validators: dict[str, Draft202012Validator] = {
-            name: Draft202012Validator(
-                _inline_refs(doc, doc["$id"], by_id), registry=refs, format_checker=checker
-            )
+        inlined = {
+            name: _inline_refs(doc, doc["$id"], by_id)
             for name, doc in documents.items()
             if _EVENT_TYPE_FILE.match(name)
+        }
+        self._validators: dict[str, Draft202012Validator] = {
+            name: Draft202012Validator(doc, registry=refs, format_checker=checker)
+            for name, doc in inlined.items()
+        }
+        # Compiled in Rust, about a hundred times faster: it answers "valid?" on the hot
+        # path; only data it refuses goes through jsonschema, which has the last word and
+        # explains what is wrong.
+        self._fast = {
+            name: jsonschema_rs.Draft202012Validator(
+                doc, formats=FAST_FORMATS, validate_formats=True, ignore_unknown_formats=False
+            )
+            for name, doc in inlined.items()
         }
         self._schemas = {name: documents[name] for name in self._validators}
 
@@ -183,6 +212,8 @@ class SchemaRegistry:
     def validate(self, event_type: str, data: object) -> None:
         """Raise ``SchemaViolation`` unless ``data`` matches ``event_type``'s schema."""
         validator = self._validator(event_type)
+        if self._fast[event_type].is_valid(data):
+            return
         errors = sorted(validator.iter_errors(data), key=_error_order)
         if errors:
             messages = tuple(_describe(error) for error in errors[:_MAX_ERRORS])
