@@ -89,6 +89,9 @@ class RelaySettings(_Base):
     # LISTEN/NOTIFY wakes the relay at once; this poll only covers a lost notification.
     relay_idle_poll_s: float = Field(default=1.0, gt=0, le=60)
     relay_max_shards_per_batch: int = Field(default=16, ge=1, le=256)
+    # After a notification, wait this long for more commits to join the batch: under load
+    # every payment commits twice, and a batch per commit cost a few round trips each.
+    relay_linger_s: float = Field(default=0.005, ge=0, le=1)
 
 
 _S = TypeVar("_S", bound=BaseSettings)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -34,14 +34,22 @@ def closing_lifespan(
     publisher: Publisher,
     sessions: async_sessionmaker[AsyncSession],
     *also_close: Callable[[], Awaitable[None]],
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> Lifespan:
-    """A FastAPI lifespan that, on shutdown, closes `publisher` (blocking, so in a thread),
+    """A FastAPI lifespan that runs each of `background` as a task while the service
+    serves, and on shutdown cancels them, closes `publisher` (blocking, so in a thread),
     awaits each of `also_close` in order, disposes the engine behind `sessions`, and logs
     how many records were left undelivered on the service's logger `log`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        tasks = [asyncio.create_task(run()) for run in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         undelivered = await asyncio.to_thread(publisher.close, PUBLISHER_CLOSE_TIMEOUT_S)
         for close in also_close:
             await close()

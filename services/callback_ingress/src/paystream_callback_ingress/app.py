@@ -24,8 +24,8 @@ from paystream_messaging import topics
 from paystream_messaging.async_publisher import PublishFailed
 from paystream_messaging.callbacks import CallbackReceived
 from paystream_messaging.cloudevents_codec import encode
-from paystream_storage.db import tenant_session
-from paystream_storage.models import CallbackLog
+from paystream_storage.callback_log import CallbackLogEntry
+from paystream_storage.config_cache import poll_version
 from paystream_web.lifespan import closing_lifespan
 from paystream_web.service import (
     MetricsMiddleware,
@@ -45,7 +45,15 @@ _MAX_HEADER_VALUE = 8192
 
 def create_app(deps: IngressDeps) -> FastAPI:
     lifespan = closing_lifespan(
-        "callback-ingress", log, deps.publisher, deps.sessions, deps.gateways.aclose
+        "callback-ingress",
+        log,
+        deps.publisher,
+        deps.sessions,
+        deps.gateways.aclose,
+        deps.pool.close,
+        background=[
+            lambda: poll_version(deps.engine, deps.config, deps.settings.callback_config_poll_s)
+        ],
     )
     app = FastAPI(
         lifespan=lifespan,
@@ -167,20 +175,18 @@ async def _log_callback(
     """The audit trail of every callback from a known connection. Best effort: an accepted
     callback is already safe in Kafka, so a failed log write does not fail the request."""
     body, encoding = received.encoded_body()
+    entry = CallbackLogEntry(
+        tenant_id=received.tenant_id,
+        connection_id=received.connection_id,
+        gateway_code=received.gateway,
+        provider_event_id=event_id[:255] if event_id else None,
+        verdict=verdict,
+        reason=(reason or "")[:2000] or None,
+        headers=dict(received.headers),
+        body=body if encoding == "utf-8" else f"base64:{body}",
+    )
     try:
-        async with tenant_session(deps.sessions, received.tenant_id) as session:
-            session.add(
-                CallbackLog(
-                    tenant_id=received.tenant_id,
-                    connection_id=received.connection_id,
-                    gateway_code=received.gateway,
-                    provider_event_id=event_id[:255] if event_id else None,
-                    verdict=verdict,
-                    reason=(reason or "")[:2000] or None,
-                    headers=dict(received.headers),
-                    body=body if encoding == "utf-8" else f"base64:{body}",
-                )
-            )
+        await deps.callback_log.write(entry)
     except Exception:
         log.exception("callback log write failed (verdict %s)", verdict)
 

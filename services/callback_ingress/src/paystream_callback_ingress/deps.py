@@ -7,14 +7,17 @@ import uuid
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from paystream_callback_ingress.metrics import IngressMetrics
 from paystream_callback_ingress.settings import CallbackIngressSettings
 from paystream_gateways.manager import ConnectionSource, GatewayManager
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.schemas import SchemaRegistry
+from paystream_storage.callback_log import CallbackLogWriter
+from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import tenant_session
+from paystream_storage.pool import HotPool
 
 
 class ConnectionTenants:
@@ -61,5 +64,14 @@ class IngressDeps:
     registry: SchemaRegistry
     gateways: GatewayManager
     connections: ConnectionSource
+    callback_log: CallbackLogWriter
+    pool: HotPool
+    config: ConfigCache
     metrics: IngressMetrics = field(default_factory=IngressMetrics)
     tenants: ConnectionTenants = field(default_factory=ConnectionTenants)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        engine = self.sessions.kw["bind"]
+        assert isinstance(engine, AsyncEngine)
+        return engine

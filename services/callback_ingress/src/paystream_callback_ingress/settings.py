@@ -18,3 +18,6 @@ class CallbackIngressSettings(KafkaSettings, DatabaseSettings):
     callback_retry_after_s: int = Field(default=5, ge=1, le=3600)
     # Signature timestamps further than this from our clock are refused (replays).
     callback_tolerance_s: int = Field(default=300, ge=10, le=3600)
+    # How often the configuration version is read, so a changed connection (a rotated
+    # webhook secret, a disabled connection) is seen within this many seconds.
+    callback_config_poll_s: float = Field(default=1.0, gt=0, le=60)

@@ -406,6 +406,9 @@ class OutcomeReader:
         self._waiting: set[str] = set()
         self._ready = threading.Event()
         self._stop = threading.Event()
+        # While set, the reader fetches nothing: the idle measurement is of the stack alone,
+        # not of a 5 ms fetch loop that makes the broker spin.
+        self.paused = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="bench-outcomes", daemon=True)
 
@@ -430,7 +433,11 @@ class OutcomeReader:
             self._failure = exc
             return
         try:
+            paused = False
             while not self._stop.is_set():
+                if self.paused.is_set() != paused:
+                    paused = self.paused.is_set()
+                    (consumer.pause if paused else consumer.resume)(consumer.assignment())
                 # poll() returns as soon as one record is there; consume(n, timeout) would
                 # wait for n records or the whole timeout and blur the arrival time.
                 msg = consumer.poll(0.05)
@@ -984,9 +991,13 @@ def _warm_up(session: Session) -> None:
 
 def _measure_idle(session: Session) -> None:
     _say(f"idle CPU over {session.opts.idle_s:g} s")
-    begin = session.sampler.mark()
-    time.sleep(session.opts.idle_s)  # the measuring interval itself, not a wait for anything
-    end = session.sampler.mark()
+    session.outcomes.paused.set()
+    try:
+        begin = session.sampler.mark()
+        time.sleep(session.opts.idle_s)  # the measuring interval itself, not a wait for anything
+        end = session.sampler.mark()
+    finally:
+        session.outcomes.paused.clear()
     session.idle = usage(begin, end)
     session.idle_window_s = end.at - begin.at
     session.idle_machine = _machine(begin, end, sum(use.cpu_s for use in session.idle.values()))

@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: CallbackWorkerSettings, build_deps: Callable[[], Awaitable[CallbackDeps]]
 ) -> faust.App:
-    app = faust_app(settings, settings.callback_worker_group)
+    app = faust_app(
+        settings,
+        settings.callback_worker_group,
+        busy_fetch_wait_ms=settings.callback_worker_fetch_wait_ms,
+    )
     topic = raw_topic(app, settings.topic(topics.CALLBACKS))
     lazy = Lazy(build_deps)
 

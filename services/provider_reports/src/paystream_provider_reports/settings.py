@@ -15,6 +15,11 @@ class CallbackWorkerSettings(KafkaSettings, DatabaseSettings):
     # Callbacks taken in together: one database transaction per tenant for the batch.
     callback_worker_batch_max: int = Field(default=200, ge=1, le=10_000)
     callback_worker_batch_linger_s: float = Field(default=0.002, ge=0, le=1)
+    # The broker answers a fetch only when this wait expires. Most callbacks confirm what
+    # the synchronous answer already settled, and a pending payment waits for its provider
+    # anyway: a longer wait than the gateway worker's costs little latency and saves the
+    # worker and the broker most of their polling.
+    callback_worker_fetch_wait_ms: int = Field(default=50, ge=1, le=5000)
     # Orphans (callback before its attempt is known) are retried with backoff from here.
     callback_parked_sweep_s: float = Field(default=1.0, gt=0, le=300)
     callback_parked_retry_base_s: float = Field(default=1.0, gt=0, le=3600)

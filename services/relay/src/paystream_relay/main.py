@@ -45,6 +45,6 @@ def run() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("relay: started")
-    relay.run(stop, idle_poll_s=settings.relay_idle_poll_s)
+    relay.run(stop, idle_poll_s=settings.relay_idle_poll_s, linger_s=settings.relay_linger_s)
     relay.producer.flush(10)
     log.info("relay: stopped after publishing %d rows", relay.stats.published)

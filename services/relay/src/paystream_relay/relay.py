@@ -122,7 +122,7 @@ class OutboxRelay:
             detail = errors[0] if errors else f"{remaining} records unacknowledged"
             raise PublishError(f"batch of {len(rows)} not acknowledged: {detail}")
 
-    def run(self, stop: threading.Event, idle_poll_s: float = 1.0) -> None:
+    def run(self, stop: threading.Event, idle_poll_s: float = 1.0, linger_s: float = 0.0) -> None:
         """Publish until `stop` is set; sleeps on LISTEN/NOTIFY when there is nothing to do."""
         with (
             psycopg.connect(self.conninfo, row_factory=dict_row) as conn,
@@ -144,6 +144,8 @@ class OutboxRelay:
                     continue
                 if published < self.batch_size:
                     _wait_for_notify(listener, stop, idle_poll_s)
+                    if linger_s:  # let the commits of the next moments join this batch
+                        stop.wait(linger_s)
 
 
 def _wait_for_notify(
