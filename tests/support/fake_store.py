@@ -326,6 +326,11 @@ class FakeUnit:
         found = [t for t in map(self._txn, ids) if t is not None]
         return {t.id: t for t in sorted(found, key=lambda t: t.id)}
 
+    async def lock_with_attempts(
+        self, ids: Collection[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, TransactionRecord], dict[uuid.UUID, list[AttemptRecord]]]:
+        return await self.lock_transactions(ids), await self.attempts(ids, lock=True)
+
     async def transaction(self, txn_id: uuid.UUID) -> TransactionRecord | None:
         return self._txn(txn_id)
 

@@ -133,6 +133,7 @@ async def env(stack: Stack) -> AsyncIterator[Env]:
         dead_letters=_Dead(),
     )
     yield Env(stack, gw, deps)
+    await store.close()
     stack.sandbox.set_faults("json", auto_settle=True)
 
 

@@ -7,7 +7,7 @@ end-to-end tests run the same code against the provider sandbox over HTTP.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -180,7 +180,7 @@ def _never(_: PaymentRequest) -> Outcome:
 
 
 @pytest.fixture
-def worker_env(primary_database_url: str) -> WorkerEnv:
+async def worker_env(primary_database_url: str) -> AsyncIterator[WorkerEnv]:
     tenant = uuid.uuid4()
     connections = {name: uuid.uuid4() for name in ("gw_a", "gw_b", "gw_c")}
     with psycopg.connect(libpq(primary_database_url)) as conn:
@@ -220,13 +220,15 @@ def worker_env(primary_database_url: str) -> WorkerEnv:
     )
     dead = CollectedDeadLetters()
     registry = SchemaRegistry()
+    store = PgPaymentStore(HotPool(settings), registry)
     deps = WorkerDeps(
         settings=settings,
-        store=PgPaymentStore(HotPool(settings), registry),
+        store=store,
         registry=registry,
         gateways=Lookup({connections[n]: g for n, g in gateways.items()}),
         keyring=ring,
         dead_letters=dead,
         breakers=Breakers(settings.breaker_fail_max, settings.breaker_reset_timeout_s),
     )
-    return WorkerEnv(deps, primary_database_url, tenant, gateways, dead, registry)
+    yield WorkerEnv(deps, primary_database_url, tenant, gateways, dead, registry)
+    await store.close()

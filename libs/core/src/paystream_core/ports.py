@@ -98,6 +98,12 @@ class PaymentUnit(Protocol):
         """Row-lock and read (in id order, so two units never deadlock)."""
         ...
 
+    async def lock_with_attempts(
+        self, ids: Collection[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, TransactionRecord], dict[uuid.UUID, list[AttemptRecord]]]:
+        """`lock_transactions`, then every attempt of theirs row-locked, by seq."""
+        ...
+
     async def transaction(self, txn_id: uuid.UUID) -> TransactionRecord | None:
         """Read without a lock."""
         ...

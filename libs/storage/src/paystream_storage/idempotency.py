@@ -32,7 +32,7 @@ async def reserve_idempotency_key(
     payload_hash: str,
     transaction_id: uuid.UUID,
 ) -> Reservation:
-    async with pool.connection() as conn:  # committed when the block ends
+    async with pool.connection() as conn:  # autocommit: the statement commits by itself
         cursor = await conn.execute(_RESERVE, (tenant_id, key, payload_hash, transaction_id))
         row = await cursor.fetchone()
     assert row is not None  # the function always returns one row

@@ -105,6 +105,19 @@ INSERT INTO balances (tenant_id, account_id, currency)
 SELECT %s, a, c FROM unnest(%s::text[], %s::text[]) AS v(a, c)
 ON CONFLICT DO NOTHING
 """
+# Credits (never refused): the first one creates the balance row, so one statement does
+# both. Only for deltas that are not negative: PostgreSQL checks the balances' CHECK
+# constraints on the row it would insert before it looks for a conflict.
+_UPSERT_POSTINGS = """
+INSERT INTO balances AS b (tenant_id, account_id, currency, available_minor, held_minor)
+SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
+ON CONFLICT (tenant_id, account_id, currency) DO UPDATE
+SET available_minor = b.available_minor + excluded.available_minor,
+  held_minor = b.held_minor + excluded.held_minor, updated_at = now()
+WHERE b.available_minor + excluded.available_minor >= 0
+  AND b.held_minor + excluded.held_minor >= 0
+RETURNING b.account_id, b.currency
+"""
 # One row per (account, currency) in each call: a row can be updated once per statement.
 _POST = """
 UPDATE balances b SET available_minor = b.available_minor + v.da,
@@ -392,6 +405,20 @@ class PgPaymentUnit:
         rows = await self._rows(_LOCK_TRANSACTIONS, (list(ids),))
         return {row[0]: _transaction(row) for row in rows}
 
+    async def lock_with_attempts(
+        self, ids: Collection[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, TransactionRecord], dict[uuid.UUID, list[AttemptRecord]]]:
+        if not ids:
+            return {}, {}
+        # Both statements go in one round trip; the transactions' locks come first.
+        txn_rows = await self._conn.execute(_LOCK_TRANSACTIONS, (list(ids),))
+        attempt_rows = await self._conn.execute(_ATTEMPTS + " FOR UPDATE", (list(ids),))
+        txns = {row[0]: _transaction(row) for row in await txn_rows.fetchall()}
+        attempts: dict[uuid.UUID, list[AttemptRecord]] = {i: [] for i in ids}
+        for row in await attempt_rows.fetchall():
+            attempts[row[2]].append(_attempt(row))
+        return txns, attempts
+
     async def transaction(self, txn_id: uuid.UUID) -> TransactionRecord | None:
         rows = await self._rows(_TRANSACTION, (txn_id,))
         return _transaction(rows[0]) if rows else None
@@ -463,11 +490,12 @@ class PgPaymentUnit:
         money = [t for t in transitions if t.money is not None]
         if not money:
             return set()
-        pairs = sorted({(t.after.account_id, t.after.currency) for t in money})
-        accounts, currencies = _columns(pairs, 2)
-        await self._conn.execute(_ENSURE_BALANCES, (self.tenant, accounts, currencies))
         holds = [t for t in money if t.hold]
         others = [t for t in money if not t.hold]
+        if holds:  # a hold needs its row to exist: it is refused, not inserted negative
+            pairs = sorted({_balance(t) for t in money})
+            accounts, currencies = _columns(pairs, 2)
+            await self._conn.execute(_ENSURE_BALANCES, (self.tenant, accounts, currencies))
         if {_balance(t) for t in holds} & {_balance(t) for t in others}:
             # A hold and another posting on one balance in one call: their order matters.
             # No path does this today; if one ever does, post one by one, in order.
@@ -478,18 +506,11 @@ class PgPaymentUnit:
         for wave in waves:
             done = await self._post_together(wave)
             refused |= {t.after.id for t in wave if _balance(t) not in done}
-        if others:
-            wanted = {_balance(t) for t in others}
-
-            def all_posted(done: list[Any]) -> None:
-                missing = wanted - {(row[0], row[1]) for row in done}
-                if missing:
-                    raise PostingRefused(
-                        f"postings would take balances below zero: {sorted(missing)}"
-                    )
-
-            # Credits and moves of a hold this transaction placed: checked before the commit.
-            self._check_later(await self._post_statement(others), all_posted)
+        # Credits and moves of a hold this transaction placed: never refused unless the
+        # books are wrong, so they are checked just before the commit.
+        credits = [t for t in others if _credits_only(t)]
+        await self._post_checked(credits, upsert=True)
+        await self._post_checked([t for t in others if not _credits_only(t)], upsert=False)
         wrong = [t.after.id for t in money if t.after.id in refused and not t.hold]
         if wrong:
             raise PostingRefused(f"postings refused for {sorted(wrong)}")
@@ -503,13 +524,27 @@ class PgPaymentUnit:
             await self._conn.execute(_ADD_LEDGER, (self.tenant, *_columns(ledger, 5)))
         return refused
 
+    async def _post_checked(self, transitions: Sequence[Transition], *, upsert: bool) -> None:
+        if not transitions:
+            return
+        wanted = {_balance(t) for t in transitions}
+
+        def all_posted(done: list[Any]) -> None:
+            missing = wanted - {(row[0], row[1]) for row in done}
+            if missing:
+                raise PostingRefused(f"postings would take balances below zero: {sorted(missing)}")
+
+        self._check_later(await self._post_statement(transitions, upsert=upsert), all_posted)
+
     async def _post_together(self, transitions: Sequence[Transition]) -> set[tuple[str, str]]:
         """Post in one statement, each balance once (deltas summed); returns the balances
         whose update went through (all of a balance's postings, or none)."""
         done = await (await self._post_statement(transitions)).fetchall()
         return {(row[0], row[1]) for row in done}
 
-    async def _post_statement(self, transitions: Sequence[Transition]) -> psycopg.AsyncCursor[Any]:
+    async def _post_statement(
+        self, transitions: Sequence[Transition], *, upsert: bool = False
+    ) -> psycopg.AsyncCursor[Any]:
         deltas: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
         for t in transitions:
             assert t.money is not None
@@ -518,6 +553,8 @@ class PgPaymentUnit:
             delta[0] += available
             delta[1] += held
         rows = [(a, c, d[0], d[1]) for (a, c), d in sorted(deltas.items())]
+        if upsert:
+            return await self._conn.execute(_UPSERT_POSTINGS, (self.tenant, *_columns(rows, 4)))
         return await self._conn.execute(_POST, (*_columns(rows, 4), self.tenant))
 
     async def _outcomes(self, applied: Sequence[Transition], source: str) -> None:
@@ -711,6 +748,12 @@ def _balance(t: Transition) -> tuple[str, str]:
     return t.after.account_id, t.after.currency
 
 
+def _credits_only(t: Transition) -> bool:
+    """No leg takes from the user's balances (a deposit credit): the row may be created."""
+    assert t.money is not None
+    return min(balance_deltas(t.money, t.after.amount_minor)) >= 0
+
+
 def _one_per_transaction(transitions: Sequence[Transition]) -> list[list[Transition]]:
     """Consecutive chunks in which each transaction appears once, order kept."""
     chunks: list[list[Transition]] = []
@@ -749,6 +792,9 @@ class PgPaymentStore:
         self._pool = pool
         self._registry = registry
         self.config = config or ConfigCache()
+
+    async def close(self) -> None:
+        await self._pool.close()
 
     @asynccontextmanager
     async def unit(self, tenant_id: uuid.UUID | None) -> AsyncIterator[PgPaymentUnit]:

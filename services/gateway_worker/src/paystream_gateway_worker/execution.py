@@ -297,8 +297,7 @@ async def _conclude_tenant(
     """Returns the transactions to try on the next gateway, with every transaction and
     attempt as this unit now holds them (locked)."""
     ids = [p.transaction_id for p in plans]
-    txns = await unit.lock_transactions(ids)
-    attempts = await unit.attempts(ids, lock=True)
+    txns, attempts = await unit.lock_with_attempts(ids)
     now = datetime.now(UTC)
     again: list[uuid.UUID] = []
     saved: list[AttemptRecord] = []

@@ -61,10 +61,8 @@ async def apply_reports(
     Several reports about one transaction apply one after the other."""
     found = await unit.find_attempts([r.key for r in reports])
     txn_ids = {a.transaction_id for a in found.values()}
-    txns: dict[uuid.UUID, TransactionRecord] = await unit.lock_transactions(txn_ids)
-    attempts: dict[uuid.UUID, AttemptRecord] = {
-        a.id: a for group in (await unit.attempts(txn_ids, lock=True)).values() for a in group
-    }
+    txns, locked = await unit.lock_with_attempts(txn_ids)
+    attempts: dict[uuid.UUID, AttemptRecord] = {a.id: a for group in locked.values() for a in group}
     latest: dict[uuid.UUID, int] = {}
     for a in attempts.values():
         latest[a.transaction_id] = max(latest.get(a.transaction_id, 0), a.seq)
