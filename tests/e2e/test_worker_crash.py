@@ -1,4 +1,5 @@
-"""kill -9 the gateway worker again and again while it works through 1,000 commands."""
+"""kill -9 the gateway worker and the callback worker again and again, while deposits
+arrive at 100/s: nothing lost, nothing done twice, the books exact."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import os
 import random
 import re
 import signal
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -19,50 +22,80 @@ from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
-COMMANDS = 1000
-KILLS = 5
+RATE = 100.0  # deposits offered per second, open loop
+COMMANDS = 1200
+PENDING_SHARE = 5  # every 5th deposit is settled by a provider callback, not the answer
+KILLS = {"worker gateway": 3, "worker callback": 3}
 KEY = re.compile(r"^ps-([0-9a-f-]{36})-\d+$")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("crash"), PAYSTREAM_WORKER_CONCURRENCY="32") as s:
+    with running_stack(tmp_path_factory.mktemp("crash")) as s:
         yield s
 
 
 def _settled(stack: Stack) -> int:
-    rows = stack.query("SELECT count(*) FROM transactions WHERE status <> 'processing'")
+    rows = stack.query(
+        "SELECT count(*) FROM transactions"
+        " WHERE status NOT IN ('received', 'processing', 'pending')"
+    )
     return int(rows[0][0])
 
 
-def test_kill_9_the_worker_repeatedly_moves_no_money_twice(stack: Stack) -> None:
+def _offer(stack: Stack) -> tuple[list[uuid.UUID], float]:
+    """POST the deposits on a fixed schedule (open loop); returns their ids and the rate
+    they were actually sent at."""
     countries = list(DEPOSIT_ROUTES)
-    with ThreadPoolExecutor(16) as pool:
-        txns = list(
-            pool.map(
-                lambda i: stack.deposit(countries[i % len(countries)], account=f"crash-{i % 50}"),
-                range(COMMANDS),
-            )
-        )
-    rng = random.Random(7)
-    kills = 0
-    while kills < KILLS:
-        pid = stack.service_pid("worker gateway")
-        progress = _settled(stack)
-        if progress >= COMMANDS:
+
+    def post(i: int) -> uuid.UUID:
+        pending = {"sandbox_scenario": "pending"} if i % PENDING_SHARE == 0 else None
+        country = countries[i % len(countries)]
+        return stack.deposit(country, account=f"crash-{i % 50}", metadata=pending)
+
+    futures: list[Future[uuid.UUID]] = []
+    with ThreadPoolExecutor(32) as pool:
+        started = time.monotonic()
+        for i in range(COMMANDS):
+            ahead = started + i / RATE - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)  # pacing the schedule, not waiting for anything
+            futures.append(pool.submit(post, i))
+        txns = [f.result() for f in futures]
+    return txns, COMMANDS / (time.monotonic() - started)
+
+
+def _kill_while_busy(stack: Stack, done: threading.Event, rng: random.Random) -> Counter[str]:
+    """Kill each worker KILLS times at random moments while deposits arrive."""
+    kills: Counter[str] = Counter()
+    plan = [name for name, n in KILLS.items() for _ in range(n)]
+    rng.shuffle(plan)
+    for name in plan:
+        if done.wait(rng.uniform(0.8, 1.8)):
             break
-        # Let it work a little (a random amount), then kill it mid-flight.
-        target = progress + rng.randint(5, 60)
-        wait_for(
-            lambda t=target: _settled(stack) >= t,  # type: ignore[misc]
-            timeout=120,
-            interval=0.05,
-            what="the worker to make progress",
-        )
+        pid = wait_for(lambda n=name: _running(stack, n), timeout=60, what=f"{name} to run")  # type: ignore[misc]
         os.kill(pid, signal.SIGKILL)
-        kills += 1
-        wait_for(lambda p=pid: _restarted(stack, p), timeout=30, what="dev to restart the worker")  # type: ignore[misc]
-    assert kills == KILLS, f"only {kills} kills before the work ran out: send more commands"
+        kills[name] += 1
+    return kills
+
+
+def _running(stack: Stack, name: str) -> int | None:
+    try:
+        return stack.service_pid(name)
+    except AssertionError:
+        return None
+
+
+def test_kill_9_the_workers_under_load_moves_no_money_twice(stack: Stack) -> None:
+    done = threading.Event()
+    rng = random.Random(7)
+    with ThreadPoolExecutor(1) as killer:
+        kills_future = killer.submit(_kill_while_busy, stack, done, rng)
+        txns, sent_rate = _offer(stack)
+        done.set()
+        kills = kills_future.result()
+    assert sum(kills.values()) >= 4, f"only {dict(kills)} kills happened during the load"
+    assert len(set(txns)) == COMMANDS
 
     wait_for(lambda: _settled(stack) >= COMMANDS, timeout=300, interval=0.5, what="all settled")
     statuses = Counter(status for (status,) in stack.query("SELECT status FROM transactions"))
@@ -113,18 +146,31 @@ def test_kill_9_the_worker_repeatedly_moves_no_money_twice(stack: Stack) -> None
         wait_for(caught_up, timeout=60, interval=0.5, what="committed offsets")
     except AssertionError:
         raise AssertionError(f"offsets not caught up: {_offsets(stack)}") from None
-    print(f"\ncrash test: {KILLS} kills, statuses {dict(statuses)}")
+    # The callback worker's too: every callback it was given is handled and committed.
+    callbacks = ("callbacks", "paystream-callback-worker")
+    try:
+        wait_for(
+            lambda: all(c >= high for _, c, high in _offsets(stack, *callbacks)),
+            timeout=60,
+            interval=0.5,
+            what="callback offsets",
+        )
+    except AssertionError:
+        raise AssertionError(f"not caught up: {_offsets(stack, *callbacks)}") from None
+    print(
+        f"\ncrash test: {COMMANDS} deposits sent at {sent_rate:.0f}/s, kills {dict(kills)},"
+        f" statuses {dict(statuses)}"
+    )
 
 
-def _offsets(stack: Stack) -> list[tuple[int, int, int]]:
+def _offsets(
+    stack: Stack, topic_name: str = "commands", group: str = "paystream-gateway-worker"
+) -> list[tuple[int, int, int]]:
     from confluent_kafka import Consumer, TopicPartition
 
-    topic = f"{stack.env['PAYSTREAM_TOPIC_PREFIX']}.commands"
+    topic = f"{stack.env['PAYSTREAM_TOPIC_PREFIX']}.{topic_name}"
     consumer = Consumer(
-        {
-            "bootstrap.servers": stack.env["PAYSTREAM_KAFKA_BOOTSTRAP"],
-            "group.id": "paystream-gateway-worker",
-        }
+        {"bootstrap.servers": stack.env["PAYSTREAM_KAFKA_BOOTSTRAP"], "group.id": group}
     )
     try:
         parts = [TopicPartition(topic, p) for p in range(6)]
@@ -135,13 +181,3 @@ def _offsets(stack: Stack) -> list[tuple[int, int, int]]:
         return out
     finally:
         consumer.close()
-
-
-def _restarted(stack: Stack, old_pid: int) -> bool:
-    try:
-        return stack.service_pid("worker gateway") != old_pid
-    except AssertionError:
-        return False
-
-
-_ = uuid  # ids come back from the API

@@ -35,3 +35,19 @@ def test_consumer_settings_never_skip_work(monkeypatch: pytest.MonkeyPatch) -> N
     producer = producer_config(settings, "p")
     assert producer["acks"] == "all"
     assert producer["enable.idempotence"] is True
+
+
+def test_consumer_groups_keep_their_names() -> None:
+    """A consumer group's name is where its committed offsets live: renaming it by accident
+    makes a deployed worker start over from the earliest record (a package rename once did).
+    The names are also what the autoscaler watches in deploy/k8s."""
+    from pathlib import Path
+
+    from paystream_gateway_worker.settings import GatewayWorkerSettings
+    from paystream_provider_reports.settings import CallbackWorkerSettings
+
+    gateway = GatewayWorkerSettings.model_fields["worker_group"].default
+    callback = CallbackWorkerSettings.model_fields["callback_worker_group"].default
+    assert (gateway, callback) == ("paystream-gateway-worker", "paystream-callback-worker")
+    manifests = (Path(__file__).parents[2] / "deploy" / "k8s" / "services.yaml").read_text()
+    assert f"consumerGroup: {gateway}" in manifests

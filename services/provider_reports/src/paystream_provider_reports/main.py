@@ -56,9 +56,9 @@ def build_deps_factory(
     settings: CallbackWorkerSettings, ring: KeyRing
 ) -> Callable[[], Awaitable[CallbackDeps]]:
     async def build() -> CallbackDeps:
-        publisher = AsyncPublisher(producer_config(settings, "paystream-provider-reports"))
+        publisher = AsyncPublisher(producer_config(settings, "paystream-callback-worker"))
         dead = KafkaDeadLetters(
-            publisher, settings.topic(topics.DEAD_LETTERS), by="paystream-provider-reports"
+            publisher, settings.topic(topics.DEAD_LETTERS), by="paystream-callback-worker"
         )
         return build_deps(settings, ring, dead)
 

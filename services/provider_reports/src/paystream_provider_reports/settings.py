@@ -8,7 +8,7 @@ from paystream_config import DatabaseSettings, KafkaSettings
 
 
 class CallbackWorkerSettings(KafkaSettings, DatabaseSettings):
-    callback_worker_group: str = Field(default="paystream-provider-reports", min_length=1)
+    callback_worker_group: str = Field(default="paystream-callback-worker", min_length=1)
     # Callbacks handled at once per process. Order does not matter for correctness: every
     # one takes the transaction's row lock and the state machine only moves forward.
     callback_worker_concurrency: int = Field(default=512, ge=1, le=10_000)
