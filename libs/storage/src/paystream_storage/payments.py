@@ -798,9 +798,14 @@ class PgPaymentStore:
 
     @asynccontextmanager
     async def unit(self, tenant_id: uuid.UUID | None) -> AsyncIterator[PgPaymentUnit]:
-        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+        # BEGIN and COMMIT are queued like any statement (psycopg's transaction() block
+        # costs two extra synchronisations). If the block raises, the connection goes back
+        # to the pool inside a transaction, and the pool rolls it back.
+        async with self._pool.connection() as conn, conn.pipeline():
+            await conn.execute("BEGIN")
             scope = await conn.execute(_SCOPE, (APP_ROLE, str(tenant_id or "")))
             unit = PgPaymentUnit(conn, tenant_id, self._registry, self.config, scope)
             yield unit
             await unit.verify()
             await unit.version()  # observe it, even if nothing needed it
+            await conn.execute("COMMIT")
