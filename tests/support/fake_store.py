@@ -51,6 +51,7 @@ from paystream_core.ports import (
     ReconciliationRecord,
 )
 from paystream_core.records import AttemptRecord, TransactionRecord
+from paystream_core.reports import match_attempts
 from paystream_core.routing import Route, TenantConnection
 from paystream_core.statuses import Status, TransactionType
 from paystream_core.transitions import Transition
@@ -460,19 +461,7 @@ class FakeUnit:
             if a.connection_id in connections
             and (a.idempotency_key in references or a.provider_reference in provider_refs)
         ]
-        by_key = {(a.connection_id, a.idempotency_key): a for a in rows}
-        newest: dict[tuple[uuid.UUID, str], AttemptRecord] = {}
-        for a in sorted(rows, key=lambda a: a.seq):
-            if a.provider_reference:
-                newest[(a.connection_id, a.provider_reference)] = a
-        found: dict[AttemptKey, AttemptRecord] = {}
-        for key in keys:
-            hit = by_key.get((key.connection_id, key.reference)) if key.reference else None
-            if hit is None and key.provider_reference:
-                hit = newest.get((key.connection_id, key.provider_reference))
-            if hit is not None:
-                found[key] = hit
-        return found
+        return match_attempts(keys, rows)
 
     # --- callbacks -------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ end-to-end tests run the same code against the provider sandbox over HTTP.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,13 +19,6 @@ from pydantic import SecretStr
 from paystream_core.ids import payload_hash, transaction_id
 from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.settings import GatewayWorkerSettings
-from paystream_gateways.protocol import (
-    Gateway,
-    Outcome,
-    PaymentRequest,
-    StatusQuery,
-    StatusResult,
-)
 from paystream_gateways.resilience import Breakers
 from paystream_keyring import KeyRing, KeyRingSettings, new_key_entry
 from paystream_messaging.cloudevents_codec import Event, encode
@@ -34,59 +27,13 @@ from paystream_storage.payments import PgPaymentStore
 from paystream_storage.pool import HotPool
 from paystream_streams.records import RawRecord
 from tests.support.databases import libpq
-
-Script = Callable[[PaymentRequest], Outcome]
-
-
-@dataclass
-class ScriptedGateway:
-    """Answers per call from `script`; counts executions per idempotency key."""
-
-    name: str
-    script: Script
-    lookup: Callable[[StatusQuery], StatusResult] | None = None
-    calls: list[str] = field(default_factory=list)
-
-    @property
-    def provider(self) -> str:
-        return self.name
-
-    async def deposit(self, request: PaymentRequest) -> Outcome:
-        self.calls.append(request.idempotency_key)
-        return self.script(request)
-
-    async def withdraw(self, request: PaymentRequest) -> Outcome:
-        self.calls.append(request.idempotency_key)
-        return self.script(request)
-
-    async def status(self, query: StatusQuery) -> StatusResult:
-        assert self.lookup is not None, "unexpected status lookup"
-        return self.lookup(query)
-
-    def verify_callback(self, headers: Any, body: bytes, *, now: float | None = None) -> None:
-        raise NotImplementedError
-
-    def parse_callback(self, body: bytes) -> Any:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        return None
-
-
-@dataclass
-class Lookup:
-    by_connection: dict[uuid.UUID, ScriptedGateway]
-
-    async def get(self, tenant_id: uuid.UUID, connection_id: uuid.UUID) -> Gateway:
-        return self.by_connection[connection_id]
-
-
-@dataclass
-class CollectedDeadLetters:
-    records: list[tuple[RawRecord, str]] = field(default_factory=list)
-
-    async def send(self, record: RawRecord, reason: str) -> None:
-        self.records.append((record, reason))
+from tests.support.scripted_gateways import (
+    CollectedDeadLetters,
+    Lookup,
+    Script,
+    ScriptedGateway,
+    never,
+)
 
 
 @dataclass
@@ -175,10 +122,6 @@ class WorkerEnv:
         return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
 
-def _never(_: PaymentRequest) -> Outcome:
-    raise AssertionError("this gateway must not be called")
-
-
 @pytest.fixture
 async def worker_env(primary_database_url: str) -> AsyncIterator[WorkerEnv]:
     tenant = uuid.uuid4()
@@ -205,7 +148,7 @@ async def worker_env(primary_database_url: str) -> AsyncIterator[WorkerEnv]:
                     " priority) VALUES (%s, 'DE', %s, %s)",
                     (name, kind, priority),
                 )
-    gateways = {name: ScriptedGateway(name, _never) for name in connections}
+    gateways = {name: ScriptedGateway(name, never) for name in connections}
     ring = KeyRing.from_settings(
         KeyRingSettings(keyring=SecretStr(new_key_entry("t1")), active_key_id="t1")
     )

@@ -15,7 +15,8 @@ from paystream_gateway_worker.pipeline import take_in
 from paystream_gateways.protocol import PaymentRequest
 from paystream_streams.batching import Batches
 from paystream_streams.records import RawRecord
-from tests.unit.services.worker_env import Env, ok
+from tests.support.scripted_gateways import ok
+from tests.unit.services.worker_env import Env
 
 pytestmark = pytest.mark.asyncio
 

@@ -30,14 +30,8 @@ from paystream_gateways.protocol import (
 from paystream_provider_reports.apply import Incoming, Source, apply_reports
 from paystream_provider_reports.metrics import CallbackMetrics
 from paystream_streams.records import RawRecord
-from tests.unit.services.worker_env import (
-    DESTINATION,
-    Env,
-    ScriptedGateway,
-    ok,
-    refused,
-    timeout,
-)
+from tests.support.scripted_gateways import ScriptedGateway, ok, refused, timeout
+from tests.unit.services.worker_env import DESTINATION, Env
 
 
 def attempts(env: Env, txn: uuid.UUID) -> list[tuple[int, str, str, str | None]]:

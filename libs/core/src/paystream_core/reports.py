@@ -10,6 +10,7 @@ alerted on, never applied.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -24,6 +25,7 @@ from paystream_core.outcomes import (
     StatusResult,
     Succeeded,
 )
+from paystream_core.ports import AttemptKey
 from paystream_core.records import AttemptRecord, TransactionRecord
 from paystream_core.statuses import (
     ABANDONED_ATTEMPT,
@@ -33,6 +35,27 @@ from paystream_core.statuses import (
     TransactionType,
 )
 from paystream_core.transitions import Transition, transition
+
+
+def match_attempts(
+    keys: Collection[AttemptKey], attempts: Iterable[AttemptRecord]
+) -> dict[AttemptKey, AttemptRecord]:
+    """The attempt each report names: by our idempotency key when the provider echoed it,
+    else by the provider's reference (its newest attempt); only within the reporting
+    connection, so one connection's (verified) callback never moves another's payments."""
+    candidates = sorted(attempts, key=lambda a: a.seq)
+    by_key = {(a.connection_id, a.idempotency_key): a for a in candidates}
+    newest = {
+        (a.connection_id, a.provider_reference): a for a in candidates if a.provider_reference
+    }
+    found: dict[AttemptKey, AttemptRecord] = {}
+    for key in keys:
+        hit = by_key.get((key.connection_id, key.reference)) if key.reference else None
+        if hit is None and key.provider_reference:
+            hit = newest.get((key.connection_id, key.provider_reference))
+        if hit is not None:
+            found[key] = hit
+    return found
 
 
 def target_status(outcome: Outcome) -> Status:

@@ -31,6 +31,7 @@ from paystream_core.ports import (
     ReconciliationRecord,
 )
 from paystream_core.records import AttemptRecord, TransactionRecord
+from paystream_core.reports import match_attempts
 from paystream_core.routing import Route, TenantConnection
 from paystream_core.statuses import AttemptStatus, Status, TransactionType
 from paystream_core.transitions import Transition
@@ -641,20 +642,7 @@ class PgPaymentUnit:
         references = list({k.reference for k in keys if k.reference})
         provider_refs = list({k.provider_reference for k in keys if k.provider_reference})
         rows = await self._rows(_FIND_ATTEMPTS, (connections, references, provider_refs))
-        attempts = [_attempt(row) for row in rows]
-        by_key = {(a.connection_id, a.idempotency_key): a for a in attempts}
-        newest: dict[tuple[uuid.UUID, str], AttemptRecord] = {}
-        for a in sorted(attempts, key=lambda a: a.seq):
-            if a.provider_reference:
-                newest[(a.connection_id, a.provider_reference)] = a
-        found: dict[AttemptKey, AttemptRecord] = {}
-        for key in keys:
-            hit = by_key.get((key.connection_id, key.reference)) if key.reference else None
-            if hit is None and key.provider_reference:
-                hit = newest.get((key.connection_id, key.provider_reference))
-            if hit is not None:
-                found[key] = hit
-        return found
+        return match_attempts(keys, [_attempt(row) for row in rows])
 
     # --- callbacks ---------------------------------------------------------------------------
 

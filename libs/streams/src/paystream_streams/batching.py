@@ -109,3 +109,23 @@ class Batches:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+async def consume_in_batches(
+    stream: Any,
+    metrics: BatchMetrics,
+    handle: Callable[[Batches], Coroutine[Any, Any, None]],
+    *,
+    batch_max: int,
+    linger_s: float,
+    max_in_flight: int,
+) -> None:
+    """The body of a faust agent (one actor) whose records `handle` takes in batches and
+    acks itself: the agent only reads, in offset order, and hands every record over."""
+    manual = stream.noack()
+    batches = Batches(
+        manual.ack, metrics, batch_max=batch_max, linger_s=linger_s, max_in_flight=max_in_flight
+    )
+    async with batches.running(handle):
+        async for event in manual.events():
+            await batches.put(event)

@@ -17,14 +17,16 @@ from paystream_gateway_worker.pipeline import take_in
 from paystream_gateway_worker.settings import GatewayWorkerSettings
 from paystream_messaging import topics
 from paystream_streams.app import Lazy, faust_app, raw_topic
-from paystream_streams.batching import Batches
+from paystream_streams.batching import consume_in_batches
 from paystream_streams.health import add_health_server
 
 
 def create_app(
     settings: GatewayWorkerSettings, build_deps: Callable[[], Awaitable[WorkerDeps]]
 ) -> faust.App:
-    app = faust_app(settings, settings.worker_group)
+    app = faust_app(
+        settings, settings.worker_group, busy_fetch_wait_ms=settings.worker_fetch_wait_ms
+    )
     deps = Lazy(build_deps)
 
     # One actor: records reach the pipeline in offset order, which keeps one account's
@@ -32,17 +34,14 @@ def create_app(
     @app.agent(raw_topic(app, settings.topic(topics.COMMANDS)), concurrency=1)
     async def commands(stream: Any) -> None:
         d = await deps.get()
-        manual = stream.noack()
-        batches = Batches(
-            manual.ack,
+        await consume_in_batches(
+            stream,
             d.metrics,
+            lambda batches: take_in(d, batches),
             batch_max=settings.worker_batch_max,
             linger_s=settings.worker_batch_linger_s,
             max_in_flight=settings.worker_concurrency,
         )
-        async with batches.running(lambda b: take_in(d, b)):
-            async for event in manual.events():
-                await batches.put(event)
 
     add_health_server(
         app,

@@ -37,7 +37,7 @@ from paystream_core.attempts import (
 from paystream_core.outcomes import AmbiguousCall, CallResult, NotExecutedCall
 from paystream_core.ports import AnomalyRecord, PaymentUnit
 from paystream_core.records import AttemptRecord, TransactionRecord
-from paystream_core.routing import candidates
+from paystream_core.routing import Candidate, candidates
 from paystream_core.statuses import OPEN_ATTEMPT, AttemptStatus, Status, TransactionType
 from paystream_core.transitions import Transition, transition
 from paystream_gateway_worker.deps import WorkerDeps
@@ -131,7 +131,7 @@ async def plan_attempts(
         known_attempts = {}  # a second round reads what a racing worker recorded
         new: list[tuple[TransactionRecord, AttemptRecord]] = []
         for txn in todo:
-            step = next_step(txn, attempts[txn.id], await _candidates(unit, txn))
+            step = next_step(txn, attempts[txn.id], await candidates_for(unit, txn))
             match step:
                 case None:
                     continue  # finished, waiting for a callback, or with the reconciler
@@ -177,7 +177,8 @@ async def plan_attempts(
     return plans
 
 
-async def _candidates(unit: PaymentUnit, txn: TransactionRecord) -> list[Any]:
+async def candidates_for(unit: PaymentUnit, txn: TransactionRecord) -> list[Candidate]:
+    """The gateways that may take `txn`, by priority (`paystream_core.routing`)."""
     routes, connections = await unit.routing(txn.country, txn.type)
     return candidates(
         routes,

@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 
 from paystream_core.ports import PaymentUnit
 from paystream_core.records import AttemptRecord, TransactionRecord
-from paystream_core.routing import Route, TenantConnection, candidates
 from paystream_core.statuses import Status
 from paystream_core.transitions import Transition, transition
 from paystream_gateway_worker.deps import WorkerDeps
-from paystream_gateway_worker.execution import SOURCE, Plan, plan_attempts
+from paystream_gateway_worker.execution import SOURCE, Plan, candidates_for, plan_attempts
 from paystream_messaging.cloudevents_codec import InvalidEvent, decode
 from paystream_messaging.commands import Command, RequestWithdrawal, command_from_event
 from paystream_streams.handling import dead_letter
@@ -169,21 +168,8 @@ async def _accept_or_reject(
     now = datetime.now(UTC)
     moves: list[Transition] = []
     rejected: dict[uuid.UUID, str] = {}
-    routing_cache: dict[tuple[str, str], tuple[list[Route], list[TenantConnection]]] = {}
     for txn in rows:
-        key = (txn.country, txn.type.value)
-        if key not in routing_cache:
-            routing_cache[key] = await unit.routing(txn.country, txn.type)
-        routes, connections = routing_cache[key]
-        found = candidates(
-            routes,
-            connections,
-            country=txn.country,
-            kind=txn.type,
-            currency=txn.currency,
-            amount_minor=txn.amount_minor,
-        )
-        if found:
+        if await candidates_for(unit, txn):  # the routes are cached (storage config cache)
             move = transition(txn, Status.PROCESSING, at=now)
         else:
             detail = f"no enabled gateway for {txn.type} in {txn.country} ({txn.currency})"

@@ -18,7 +18,7 @@ from paystream_provider_reports.deps import CallbackDeps
 from paystream_provider_reports.handler import retry_parked, take_in
 from paystream_provider_reports.settings import CallbackWorkerSettings
 from paystream_streams.app import Lazy, faust_app, raw_topic
-from paystream_streams.batching import Batches
+from paystream_streams.batching import consume_in_batches
 from paystream_streams.health import add_health_server
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,14 @@ def create_app(
     @app.agent(topic, concurrency=1)
     async def callbacks(stream: Any) -> None:
         d = await deps()
-        manual = stream.noack()
-        batches = Batches(
-            manual.ack,
+        await consume_in_batches(
+            stream,
             d.metrics,
+            lambda batches: take_in(d, batches),
             batch_max=settings.callback_worker_batch_max,
             linger_s=settings.callback_worker_batch_linger_s,
             max_in_flight=settings.callback_worker_concurrency,
         )
-        async with batches.running(lambda b: take_in(d, b)):
-            async for event in manual.events():
-                await batches.put(event)
 
     @app.timer(interval=settings.callback_parked_sweep_s)  # type: ignore[untyped-decorator]
     async def parked() -> None:
