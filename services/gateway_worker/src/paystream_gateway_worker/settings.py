@@ -18,6 +18,10 @@ class GatewayWorkerSettings(KafkaSettings, DatabaseSettings):
     # ...waiting at most this long for more once the first record is there (latency vs
     # fewer, bigger database transactions).
     worker_batch_linger_s: float = Field(default=0.002, ge=0, le=1)
+    # The broker answers a fetch only when this wait expires, so it is also how many records
+    # a fetch brings: at 120/s, 25 ms instead of 10 took p99 from 4.0 s to 0.5 s (bigger
+    # batches, less CPU) and cost ~5 ms at 50/s (p99 96 -> 114 ms).
+    worker_fetch_wait_ms: int = Field(default=25, ge=1, le=5000)
     # Tries of one attempt on ambiguous errors (same idempotency key every time).
     worker_retry_attempts: int = Field(default=3, ge=1, le=10)
     worker_retry_base_s: float = Field(default=0.2, gt=0, le=30)
