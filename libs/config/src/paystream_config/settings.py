@@ -92,6 +92,10 @@ class RelaySettings(_Base):
     # After a notification, wait this long for more commits to join the batch: under load
     # every payment commits twice, and a batch per commit cost a few round trips each.
     relay_linger_s: float = Field(default=0.005, ge=0, le=1)
+    # Rows flushed to Kafka and then marked published together, in their own commit: a
+    # crash mid-batch republishes at most this many rows (same ce_id, consumers dedupe).
+    # Smaller means fewer duplicates after a crash but a round trip more per chunk.
+    relay_publish_chunk: int = Field(default=50, ge=1, le=10_000)
 
 
 _S = TypeVar("_S", bound=BaseSettings)

@@ -30,6 +30,7 @@ def build_relay() -> tuple[OutboxRelay, RelaySettings]:
         encode=lambda event: encode(event, registry, validate=False),
         batch_size=relay_settings.relay_batch_size,
         max_shards=relay_settings.relay_max_shards_per_batch,
+        publish_chunk=relay_settings.relay_publish_chunk,
     )
     return relay, relay_settings
 
