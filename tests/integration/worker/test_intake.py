@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 
 import pytest
@@ -133,4 +135,69 @@ async def test_a_started_attempt_is_redone_with_the_same_key(worker_env: WorkerE
     assert a.calls[-1] == f"ps-{txn}-1", "same attempt, same idempotency key"
     assert worker_env.query("SELECT count(*) FROM attempts WHERE transaction_id = %s", txn) == [
         (1,)
+    ]
+
+
+async def test_a_command_dead_lettered_after_acceptance_becomes_rejected(
+    worker_env: WorkerEnv,
+) -> None:
+    """PostgreSQL text cannot hold NUL: the command cannot be stored as sent, so it is
+    dead-lettered, and its transaction is stored `rejected` (without the offending fields)
+    with a `rejected` outcome, instead of being a 404 forever."""
+    a = worker_env.gateway("gw_a", ok)
+    txn, record = worker_env.command(metadata={"note": "nul\x00byte"}, payment_method="card\x00")
+    await handle(worker_env.deps, record)
+    [(_, reason)] = worker_env.dead.records
+    code = reason.split(":", 1)[0]
+    assert code in {"processing_failed", "invalid_event"}, reason
+    assert a.calls == []
+    rows = worker_env.query(
+        "SELECT status, failure_code, failure_message, metadata, payment_method, amount_minor"
+        " FROM transactions WHERE id = %s",
+        txn,
+    )
+    [(status, failure_code, message, metadata, method, amount)] = rows
+    assert (status, failure_code, metadata, method, amount) == ("rejected", code, {}, None, 1000)
+    assert "dead-lettered" in message
+    assert "\x00" not in message
+    assert worker_env.outcomes(txn) == [("rejected", 2)]
+    assert worker_env.balance() == (0, 0)
+
+    # Redelivered (the dead letter was sent, the offset not committed): nothing twice.
+    await handle(worker_env.deps, record)
+    assert worker_env.outcomes(txn) == [("rejected", 2)]
+    assert len(worker_env.dead.records) == 2  # at least once, like every record
+
+
+async def test_an_invalid_command_that_names_its_transaction_becomes_rejected(
+    worker_env: WorkerEnv,
+) -> None:
+    txn, valid = worker_env.command(amount_minor=700)
+    data = json.loads(valid.value or b"")
+    data["surprise"] = "a field no schema has"  # produced straight to Kafka, not by our API
+    record = dataclasses.replace(valid, value=json.dumps(data).encode())
+    await intake(worker_env.deps, [record])
+    [(_, reason)] = worker_env.dead.records
+    assert reason.startswith("invalid_event")
+    assert worker_env.query(
+        "SELECT status, failure_code, amount_minor FROM transactions WHERE id = %s", txn
+    ) == [("rejected", "invalid_event", 700)]
+    assert worker_env.outcomes(txn) == [("rejected", 2)]
+
+
+async def test_dead_letters_that_name_no_new_transaction_store_nothing(
+    worker_env: WorkerEnv,
+) -> None:
+    """A conflict names a transaction that exists; an unknown tenant has nowhere to store
+    it; an unparseable record names nothing."""
+    worker_env.gateway("gw_a", ok)
+    txn, first = worker_env.command(key="same", amount_minor=100)
+    _, conflicting = worker_env.command(key="same", amount_minor=999)
+    _, stranger = worker_env.command(tenant=uuid.uuid4())
+    garbage = RawRecord("commands", 0, 900, b"k", b"\xff\xfe", first.headers)
+    for record in (first, conflicting, stranger, garbage):
+        await handle(worker_env.deps, record)
+    assert worker_env.dead.reasons == ["idempotency_conflict", "unknown_tenant", "invalid_event"]
+    assert worker_env.query("SELECT id, status, amount_minor FROM transactions") == [
+        (txn, "succeeded", 100)
     ]

@@ -56,8 +56,13 @@ async def handle_record(
     dead_letters: DeadLetters,
     count_dead: Callable[[str], None],
     what: str = "record",
+    before_dead_letter: Callable[[RawRecord, str], Awaitable[object]] | None = None,
 ) -> T | None:
-    """Run `work` until it succeeds; None when the record was dead-lettered instead."""
+    """Run `work` until it succeeds; None when the record was dead-lettered instead.
+
+    `before_dead_letter(record, reason)` runs first when a record is given up on (e.g. to
+    make what the record asked for visible as rejected); its failure is logged and the
+    record is dead-lettered all the same, so a record is never stuck on it."""
     failures = 0
     delay = retry.first_delay_s
     where = f"{record.topic}[{record.partition}]@{record.offset}"
@@ -71,6 +76,11 @@ async def handle_record(
             log.exception("%s at %s failed (%d/%d)", what, where, failures, retry.max_failures)
             if failures >= retry.max_failures:
                 reason = f"processing_failed: {type(exc).__name__}: {exc}"[:MAX_REASON]
+                if before_dead_letter is not None:
+                    try:
+                        await before_dead_letter(record, reason)
+                    except Exception:
+                        log.exception("%s at %s: before its dead letter", what, where)
                 await dead_letter(dead_letters, record, reason, count_dead)
                 return None
         await asyncio.sleep(delay)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.execution import run
 from paystream_gateway_worker.intake import intake
+from paystream_gateway_worker.rejections import reject_dead_lettered
 from paystream_messaging.async_publisher import PublishFailed
 from paystream_storage.errors import TRANSIENT_DB_ERRORS
 from paystream_streams.handling import Retry, handle_record
@@ -31,6 +32,7 @@ async def handle(deps: WorkerDeps, record: RawRecord) -> None:
             dead_letters=deps.dead_letters,
             count_dead=deps.count_dead,
             what="command",
+            before_dead_letter=lambda r, reason: reject_dead_lettered(deps, r, reason),
         )
         deps.metrics.progressed()
     finally:

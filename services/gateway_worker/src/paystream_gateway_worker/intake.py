@@ -20,6 +20,7 @@ from paystream_core.statuses import Status
 from paystream_core.transitions import Transition, transition
 from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.execution import SOURCE, Plan, candidates_for, plan_attempts
+from paystream_gateway_worker.rejections import reject_dead_lettered
 from paystream_messaging.cloudevents_codec import InvalidEvent, decode
 from paystream_messaging.commands import Command, RequestWithdrawal, command_from_event
 from paystream_streams.handling import dead_letter
@@ -78,7 +79,10 @@ async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepte
         accepted.extend(stored)
         dead.extend(problems)
     # Only once every unit committed: a batch retried after a failure would send them again.
+    # The rejection first: a crash between the two then finds it stored and does not
+    # store it twice (the dead letter may be sent twice: at least once, like any record).
     for record, problem in dead:
+        await reject_dead_lettered(deps, record, problem)
         await _dead_letter(deps, record, problem)
     return accepted
 

@@ -21,6 +21,7 @@ from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.execution import Work, execute, run
 from paystream_gateway_worker.handler import RETRY
 from paystream_gateway_worker.intake import Accepted, intake
+from paystream_gateway_worker.rejections import reject_dead_lettered
 from paystream_streams.batching import Batches
 from paystream_streams.handling import handle_record
 from paystream_streams.records import RawRecord
@@ -87,4 +88,5 @@ async def _one(deps: WorkerDeps, record: RawRecord, work: Callable[[], Awaitable
         dead_letters=deps.dead_letters,
         count_dead=deps.count_dead,
         what="command",
+        before_dead_letter=lambda r, reason: reject_dead_lettered(deps, r, reason),
     )
