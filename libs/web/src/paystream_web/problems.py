@@ -18,6 +18,7 @@ COMMON_TITLES: dict[str, tuple[int, str]] = {
     "method-not-allowed": (405, "Method not allowed"),
     "payload-too-large": (413, "Request body too large"),
     "internal-error": (500, "Internal error"),
+    "service-unavailable": (503, "Service unavailable"),
 }
 
 

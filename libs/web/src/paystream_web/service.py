@@ -28,8 +28,21 @@ from paystream_web.problems import Problem
 log = logging.getLogger(__name__)
 
 
-def install_problem_handlers(app: FastAPI, problem: type[Problem]) -> None:
-    """Every error leaves as problem+json: ours, routing's 404/405, and crashes (500)."""
+# How long a client should wait before retrying while the database is away: a restart
+# or failover takes seconds, and a short hint keeps clients from giving up too early.
+RETRY_AFTER_S = 2
+
+
+def install_problem_handlers(
+    app: FastAPI,
+    problem: type[Problem],
+    *,
+    unavailable: tuple[type[BaseException], ...] = (),
+    retry_after_s: int = RETRY_AFTER_S,
+) -> None:
+    """Every error leaves as problem+json: ours, routing's 404/405, crashes (500), and the
+    `unavailable` errors (a database that is down: nothing was done, try again) as 503
+    with Retry-After, so clients retry instead of treating the request as failed."""
 
     @app.exception_handler(problem)
     async def _problem(request: Request, exc: Problem) -> Response:
@@ -39,8 +52,28 @@ def install_problem_handlers(app: FastAPI, problem: type[Problem]) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code)
         if kind is None:
-            return JSONResponse({"detail": exc.detail}, exc.status_code)
-        return problem(kind, str(exc.detail)).response(request.url.path)
+            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        # Starlette's 405 carries the Allow header (RFC 9110 §15.5.6 requires it).
+        answer = problem(kind, str(exc.detail), headers=dict(exc.headers or {}))
+        return answer.response(request.url.path)
+
+    async def _unavailable(request: Request, exc: Exception) -> Response:
+        # One line, no traceback: during an outage every request would log one.
+        log.warning(
+            "%s %s: database unavailable (%s); answered 503",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+        )
+        down = problem(
+            "service-unavailable",
+            "the database is unavailable; nothing was done, retry after a moment",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+        return down.response(request.url.path)
+
+    for error in unavailable:
+        app.add_exception_handler(error, _unavailable)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
