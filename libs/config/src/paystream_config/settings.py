@@ -61,6 +61,9 @@ class DatabaseSettings(_Base):
 
     database_url: str = Field(min_length=1)
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # How long a request waits for a pooled connection: while PostgreSQL is down the pool
+    # has none to give, and an HTTP client should get its 503 in seconds, not half a minute.
+    database_pool_timeout_s: float = Field(default=5.0, gt=0, le=300)
 
     @field_validator("database_url")
     @classmethod

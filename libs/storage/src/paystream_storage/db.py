@@ -29,6 +29,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     return create_async_engine(
         settings.sqlalchemy_url,
         pool_size=settings.database_pool_size,
+        pool_timeout=settings.database_pool_timeout_s,
         pool_pre_ping=True,
     )
 

@@ -29,6 +29,7 @@ class HotPool:
             max_size=max_size or settings.database_pool_size,
             open=False,
             name="paystream-hot-path",
+            timeout=settings.database_pool_timeout_s,
             # A lone statement commits by itself (the ingest API's reservation: one round
             # trip); units open their transactions explicitly.
             kwargs={"autocommit": True},
