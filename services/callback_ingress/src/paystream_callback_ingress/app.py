@@ -26,6 +26,7 @@ from paystream_messaging.callbacks import CallbackReceived
 from paystream_messaging.cloudevents_codec import encode
 from paystream_storage.callback_log import CallbackLogEntry
 from paystream_storage.config_cache import poll_version
+from paystream_storage.errors import TRANSIENT_DB_ERRORS
 from paystream_web.lifespan import closing_lifespan
 from paystream_web.service import (
     MetricsMiddleware,
@@ -64,7 +65,7 @@ def create_app(deps: IngressDeps) -> FastAPI:
         redoc_url=None,
     )
 
-    install_problem_handlers(app, Problem)
+    install_problem_handlers(app, Problem, unavailable=TRANSIENT_DB_ERRORS)
 
     @app.post("/v1/callbacks/{gateway}/{connection_id}", operation_id="receiveCallback")
     async def receive(request: Request, gateway: str, connection_id: str) -> Response:
