@@ -243,3 +243,91 @@ def lookup_result(applied: Applied, status: Status, outcome: Outcome) -> str:
 def next_lookup_delay(lookups: int, *, base_s: float, max_s: float) -> float:
     """Exponential backoff between lookups of one transaction (before jitter)."""
     return float(min(base_s * 2 ** min(lookups - 1, 30), max_s))
+
+
+# --- stuck in processing ----------------------------------------------------------------------
+#
+# The gateway worker records an attempt `started` (committed) before it calls the provider.
+# If it dies during the call and its command never comes back (the broker lost it), the
+# transaction stays `processing` and nothing would move it again. The reconciler looks the
+# attempt up by its idempotency key; what the answer allows is below.
+
+# What a lookup may answer besides NotFound (the Outcome union), for isinstance().
+_ANSWERS = (Succeeded, Pending, ActionRequired, Declined)
+# The code on an attempt given up on as ambiguous (the provider never said what it did).
+STALLED = "stalled_call"
+
+
+@dataclass(frozen=True, slots=True)
+class Resubmit:
+    """Queue the transaction's command again, rebuilt from its row. The gateway worker takes
+    it like any redelivery: it makes the started attempt again with the same idempotency key
+    (the provider answers with what it did, or does it now, once) and then follows its own
+    rules, including the fallback to the next gateway."""
+
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkUnknown:
+    """Stop waiting for the gateway worker: the attempt becomes `ambiguous`, the transaction
+    `unknown`, and the lookups of unknown transactions resolve it from there (the worker
+    never touches a transaction that left `processing`)."""
+
+    result: str
+
+
+Resumption = Report | Resubmit | MarkUnknown | Keep
+
+
+def resume_processing(found: StatusResult | None, *, past_horizon: bool) -> Resumption:
+    """What the lookup of a `processing` transaction's started attempt means. `found` is
+    None when the lookup failed; `past_horizon`: the attempt started longer ago than the
+    reconciler waits for a resubmitted command to be finished by the worker.
+
+    - The provider has the payment: apply its answer like a callback (never a fallback: it
+      executed). A soft decline is the exception: the worker's fallback decides what next.
+    - Proven absent (a conclusive lookup): the call never executed, so making it again is
+      safe and the worker's rules carry on. Not failed here: the worker may still fall back
+      to another gateway, and a racing redelivery of the original command makes the same call
+      with the same key, which a failed transaction could not absorb (money would move
+      while we say failed). Resubmitting is exactly what a redelivery does.
+    - Nothing conclusive (lookup failed, or the provider's search is only eventually
+      consistent): change nothing, look again later. Not resubmitted: a redo that then fails
+      to connect counts as "not executed" for the worker, which would fall back to another
+      gateway while this call may have executed.
+    - Past the horizon, anything but an answer to apply: `unknown`, never `failed` (money may
+      have moved).
+    """
+    if isinstance(found, _ANSWERS) and not (isinstance(found, Declined) and found.retry_elsewhere):
+        return Report(found)
+    if past_horizon:
+        return MarkUnknown("marked_unknown")
+    if isinstance(found, Declined):
+        return Resubmit("soft_declined_resubmitted")
+    if isinstance(found, NotFound) and found.conclusive:
+        return Resubmit("absent_resubmitted")
+    if isinstance(found, NotFound):
+        return Keep("not_found_inconclusive")
+    return Keep(None)
+
+
+def mark_unknown(
+    txn: TransactionRecord, attempt: AttemptRecord, *, at: datetime, detail: str
+) -> tuple[AttemptRecord, Transition] | None:
+    """The started attempt of a `processing` transaction given up on as ambiguous, and the
+    transaction moved to `unknown` (no money moves: a withdrawal keeps its hold). None when
+    either has moved on since it was read."""
+    if txn.status != Status.PROCESSING or attempt.status != AttemptStatus.STARTED:
+        return None
+    ambiguous = dataclasses.replace(
+        attempt,
+        status=AttemptStatus.AMBIGUOUS,
+        error_class="ambiguous",
+        error_code=STALLED,
+        error_message=detail[:MAX_ERROR_MESSAGE],
+        finished_at=at,
+    )
+    move = transition(txn, Status.UNKNOWN, at=at, gateway=attempt.gateway_code)
+    assert move is not None  # processing -> unknown is a forward move
+    return ambiguous, move
