@@ -126,6 +126,20 @@ class EmbeddedKafka:
     def is_running(self) -> bool:
         return self._process is not None and self._process.is_running()
 
+    @property
+    def alive(self) -> bool:
+        """The broker is running (same as :meth:`is_running`)."""
+        return self.is_running()
+
+    def poll(self) -> int | None:
+        """The broker's exit status once it has died (reaping it), else None.
+
+        There is deliberately no ``restart()``: the broker keeps everything in memory, so
+        a restarted one is empty (no topics, records or committed offsets) and clients of
+        the old one would silently lose what they had in flight.
+        """
+        return self._process.poll() if self._process is not None else None
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> Self:

@@ -2,6 +2,9 @@
 
 ``initdb`` runs once into ``data_dir``; later starts reuse the cluster. The postmaster
 runs in the foreground (no ``pg_ctl``), so it is a child of this process and dies with it.
+A supervisor notices its death with :meth:`EmbeddedPostgres.poll` (which reaps it) and
+brings it back with :meth:`EmbeddedPostgres.restart` on the same data directory and port;
+PostgreSQL runs crash recovery itself on that start.
 PostgreSQL refuses to run as root: when this process is root the server runs as a
 dedicated system user (default ``paystream-pg``, created with ``useradd`` if missing).
 """
@@ -19,13 +22,20 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, Self
 
-import psutil
-
+from paystream_devinfra.postgres_locks import (
+    LockHeldError,
+    clear_stale_lock,
+    is_postgres_for,
+    read_lock_file,
+    reap_orphaned_backends,
+)
 from paystream_devinfra.processes import (
     ChildProcess,
     EmbeddedStartError,
@@ -33,13 +43,18 @@ from paystream_devinfra.processes import (
     wait_until_ready,
 )
 
-__all__ = ["EmbeddedPostgres", "postgres_bin_dir"]
+__all__ = ["EmbeddedPostgres", "RestartReport", "postgres_bin_dir"]
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_USER = "paystream-pg"
 SUPERUSER = "postgres"
 _START_ATTEMPTS = 3
+# How long backends left by a killed postmaster may finish their statement on their own
+# before they are killed (idle ones leave at once; only a long query takes this long).
+_ORPHAN_GRACE_S = 5.0
+# What PostgreSQL says when a dead server's processes still hold its lock or memory.
+_LEFTOVER_MARKERS = ("is still in use", "already exists")
 _USERADD_LOCK = threading.Lock()
 
 
@@ -125,30 +140,25 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def _read_postmaster_pid(pid_file: Path) -> int | None:
-    try:
-        first = pid_file.read_text(errors="replace").splitlines()[0].strip()
-        return int(first)
-    except (OSError, IndexError, ValueError):
-        return None
+@dataclass(frozen=True)
+class RestartReport:
+    """What :meth:`EmbeddedPostgres.restart` found and did."""
 
+    exit_code: int | None
+    cleared: tuple[str, ...]
+    leftover_backends: int
+    killed_backends: int
+    attempts: int
 
-def _is_postgres_for(pid: int, data_dir: Path) -> bool:
-    """Whether ``pid`` is a live postgres process serving ``data_dir``."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if "postgres" not in proc.name() and "postgres" not in " ".join(proc.cmdline()[:1]):
-            return False
-        try:  # the postmaster chdirs into its data directory
-            return Path(proc.cwd()).resolve() == data_dir.resolve()
-        except (psutil.AccessDenied, OSError):
-            return True  # a postgres we cannot inspect: assume it is the owner
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
+    def describe(self) -> str:
+        """E.g. ``stale postmaster.pid, .s.PGSQL.5432.lock cleared; 2 leftover backends``."""
+        parts = [f"stale {', '.join(self.cleared)} cleared"] if self.cleared else []
+        if self.leftover_backends:
+            killed = f", {self.killed_backends} killed" if self.killed_backends else ""
+            parts.append(f"{self.leftover_backends} leftover backends waited for{killed}")
+        if self.attempts > 1:
+            parts.append(f"{self.attempts} start attempts")
+        return "; ".join(parts) or "nothing stale left behind"
 
 
 class EmbeddedPostgres:
@@ -224,6 +234,11 @@ class EmbeddedPostgres:
         return self._process.pid if self._process is not None else None
 
     @property
+    def socket_dir(self) -> Path | None:
+        """Where the Unix socket and its ``.s.PGSQL.<port>.lock`` live while it runs."""
+        return self._socket_dir
+
+    @property
     def bin_dir(self) -> Path:
         if self._bin_dir is None:
             self._bin_dir = postgres_bin_dir()
@@ -234,6 +249,20 @@ class EmbeddedPostgres:
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.is_running()
+
+    @property
+    def alive(self) -> bool:
+        """The postmaster is running (same as :meth:`is_running`)."""
+        return self.is_running()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path, lines)
+
+    def poll(self) -> int | None:
+        """The postmaster's exit status once it has died (negative: killed by that signal),
+        else None. Reaps it, so a killed postmaster does not stay a zombie whose pid keeps
+        ``postmaster.pid`` looking live. None also when it was never started or stopped."""
+        return self._process.poll() if self._process is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -251,7 +280,7 @@ class EmbeddedPostgres:
         self._remove_stale_pid_file()
         self._prepare_socket_dir()
         try:
-            self._start_server()
+            self._start_server(self.requested_port)
             self._create_database()
         except BaseException:
             self.stop(timeout=5.0)
@@ -264,6 +293,58 @@ class EmbeddedPostgres:
         if process is not None:
             process.stop(timeout=timeout)
         self._cleanup_socket_dir()
+
+    def restart(self, *, abort: threading.Event | None = None) -> RestartReport:
+        """Start the server again on the same data directory and port: after it died, or
+        (stopping it first) while it runs. Reaps the dead postmaster, waits for (and after a
+        grace period kills) backends it left behind, clears its stale ``postmaster.pid`` and
+        socket lock, and retries while PostgreSQL still finds the old server's shared memory
+        in use, until ``timeout``. Never removes a lock of a running postgres: then it
+        raises :class:`EmbeddedStartError`, as it does when the server does not come up.
+        ``abort`` (set on shutdown) cuts the waits short.
+        """
+        if self._port is None:
+            raise RuntimeError("EmbeddedPostgres.restart() before start()")
+        port = self._port
+        exit_code: int | None = None
+        process, self._process = self._process, None
+        if process is not None:
+            # stop() reaps the leader (sending the fast-shutdown signal only if it still
+            # runs) and closes its log handle.
+            exit_code = process.stop(timeout=30.0)
+        owner, _ = read_lock_file(self.data_dir / "postmaster.pid")
+        if owner is not None and is_postgres_for(owner, self.data_dir):
+            raise EmbeddedStartError(
+                f"a PostgreSQL server (pid {owner}) is already running on {self.data_dir}"
+            )
+        found, killed = reap_orphaned_backends(self.data_dir, grace=_ORPHAN_GRACE_S, abort=abort)
+        cleared: list[str] = []
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            cleared += [name for name in self._clear_stale_locks(port) if name not in cleared]
+            self._prepare_socket_dir()
+            try:
+                self._start_server(port, abort=abort)
+                break
+            except EmbeddedStartError as exc:
+                # Only this attempt's lines: the log tail may hold an older start's words.
+                latest = str(exc).rsplit(" starting: ", 1)[-1]
+                leftovers = any(marker in latest for marker in _LEFTOVER_MARKERS)
+                if not leftovers or time.monotonic() >= deadline:
+                    raise
+                if abort is not None and abort.is_set():
+                    raise
+                _log.warning("postgres found the old server's leftovers, retrying: %s", exc)
+                more, more_killed = reap_orphaned_backends(self.data_dir, grace=0.0, abort=abort)
+                found, killed = found + more, killed + more_killed
+                if abort is not None:
+                    abort.wait(0.2)
+                else:
+                    time.sleep(0.2)
+        self._create_database()
+        return RestartReport(exit_code, tuple(cleared), found, killed, attempt)
 
     def kill(self) -> None:
         """SIGKILL the server and all its backends (crash simulation; leaves postmaster.pid)."""
@@ -346,18 +427,30 @@ class EmbeddedPostgres:
         staging.rename(self.data_dir)
 
     def _remove_stale_pid_file(self) -> None:
-        pid_file = self.data_dir / "postmaster.pid"
-        if not pid_file.exists():
-            return
-        pid = _read_postmaster_pid(pid_file)
-        if pid is not None and _is_postgres_for(pid, self.data_dir):
+        try:
+            clear_stale_lock(self.data_dir / "postmaster.pid", self.data_dir)
+        except LockHeldError as exc:
             raise EmbeddedStartError(
-                f"a PostgreSQL server (pid {pid}) is already running on {self.data_dir}"
-            )
-        _log.info("removing stale %s (pid %s is not a running postgres)", pid_file, pid)
-        pid_file.unlink(missing_ok=True)
+                f"a PostgreSQL server (pid {exc.pid}) is already running on {self.data_dir}"
+            ) from None
+
+    def _clear_stale_locks(self, port: int) -> list[str]:
+        """Names of the stale lock files removed (``postmaster.pid``, the socket lock)."""
+        locks = [self.data_dir / "postmaster.pid"]
+        if self._socket_dir is not None:
+            locks.append(self._socket_dir / f".s.PGSQL.{port}.lock")
+        cleared: list[str] = []
+        for lock in locks:
+            try:
+                if clear_stale_lock(lock, self.data_dir):
+                    cleared.append(lock.name)
+            except LockHeldError as exc:
+                raise EmbeddedStartError(str(exc)) from None
+        return cleared
 
     def _prepare_socket_dir(self) -> None:
+        if self._own_socket_dir and self._socket_dir is not None and self._socket_dir.is_dir():
+            return  # a restart keeps the directory (and clears the stale lock in it)
         if self._socket_dir_arg is not None:
             self._socket_dir = self._socket_dir_arg
             self._socket_dir.mkdir(parents=True, exist_ok=True)
@@ -397,10 +490,16 @@ class EmbeddedPostgres:
             argv += ["-c", f"{key}={value}"]
         return argv
 
-    def _start_server(self) -> None:
-        attempts = 1 if self.requested_port is not None else _START_ATTEMPTS
+    def _start_server(self, fixed_port: int | None, abort: threading.Event | None = None) -> None:
+        attempts = 1 if fixed_port is not None else _START_ATTEMPTS
         for attempt in range(1, attempts + 1):
-            port = self.requested_port or free_port(self.host)
+            port = fixed_port or free_port(self.host)
+            if self._socket_dir is not None:
+                # A socket directory passed in may hold a killed server's lock for the port.
+                try:
+                    clear_stale_lock(self._socket_dir / f".s.PGSQL.{port}.lock", self.data_dir)
+                except LockHeldError as exc:
+                    raise EmbeddedStartError(str(exc)) from None
             process = ChildProcess(
                 self._server_argv(port),
                 log_path=self.log_path,
@@ -419,11 +518,7 @@ class EmbeddedPostgres:
             self._port = port
             probe = functools.partial(self._pg_isready, port)
             try:
-                wait_until_ready(
-                    probe,
-                    process=process,
-                    timeout=self.timeout,
-                )
+                wait_until_ready(probe, process=process, timeout=self.timeout, abort=abort)
             except EmbeddedStartError:
                 died = process.poll() is not None
                 bind_failed = "could not bind" in process.log_tail(20).lower()

@@ -284,17 +284,21 @@ def wait_until_ready(
     timeout: float,
     what: str | None = None,
     interval: float = 0.05,
+    abort: threading.Event | None = None,
 ) -> None:
     """Poll ``probe(remaining_seconds)`` until it returns True or the deadline passes.
 
     Raises :class:`EmbeddedStartError` (with the child's exit code and log tail) if the
-    child exits first or the deadline passes. Exceptions from the probe count as "not
+    child exits first or the deadline passes, or as soon as ``abort`` is set (a supervisor
+    shutting down must not wait out a restart). Exceptions from the probe count as "not
     ready yet"; the last one is reported on timeout.
     """
     label = what or process.name
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
+        if abort is not None and abort.is_set():
+            raise EmbeddedStartError(f"{label}: start aborted (shutting down)")
         if process.poll() is not None:
             raise EmbeddedStartError(
                 process.describe_failure("exited before becoming ready", label)
@@ -310,7 +314,11 @@ def wait_until_ready(
                 return
         except Exception as exc:  # any probe failure means "not yet"
             last_error = exc
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        pause = min(interval, max(0.0, deadline - time.monotonic()))
+        if abort is not None:
+            abort.wait(pause)
+        else:
+            time.sleep(pause)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

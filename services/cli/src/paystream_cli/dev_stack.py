@@ -5,12 +5,18 @@ and PostgreSQL, migrates, creates topics, seeds a demo tenant, routing and sandb
 connections, runs every paystream service as a supervised child process (restarted when
 it dies, as an orchestrator would), writes `.paystream/dev.env`, and on Ctrl-C or SIGTERM
 stops everything it started.
+
+Supervision after startup: services and the embedded PostgreSQL are restarted with
+backoff (1 s doubling to 30 s, reset once up for a minute), never given up on: a crash
+loop is almost always a dependency being down, and tearing the stack down would also take
+the in-memory broker and everything in flight with it. A child dying *during* startup is
+a `DevStartError` with its log tail. The embedded Kafka broker is the exception: it holds
+everything in memory, so if it dies the stack stops loudly (see `_kafka_lost`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -20,7 +26,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -30,7 +36,7 @@ from paystream_cli import demo_connections
 from paystream_cli.demo_seed import seed_routing
 from paystream_cli.infra import open_infra
 from paystream_config import DatabaseSettings, KafkaSettings
-from paystream_devinfra import ChildProcess
+from paystream_devinfra import ChildProcess, EmbeddedKafka, EmbeddedPostgres, Supervisor
 from paystream_keyring import KeyRing, KeyRingSettings, ensure_dev_keyring
 from paystream_messaging.topics import ensure_topics
 from paystream_storage import migrate
@@ -51,8 +57,6 @@ HTTP_PORTS = {
     for name, default in (("API", 8000), ("CALLBACK", 8001), ("SANDBOX", 8002))
 }
 URLS = {name: f"http://127.0.0.1:{port}" for name, port in HTTP_PORTS.items()}
-# A service restarted more often than this within a minute is crash-looping: stop.
-MAX_RESTARTS_PER_MINUTE = 5
 
 
 @dataclass
@@ -61,7 +65,6 @@ class Service:
     args: list[str]
     ready_url: str | None = None
     child: ChildProcess | None = None
-    restarts: collections.deque[float] = field(default_factory=collections.deque)
 
 
 def services() -> list[Service]:
@@ -184,26 +187,88 @@ def run(home: Path) -> int:
         stack.callback(env_file.unlink, missing_ok=True)
         _print_summary(dev, running, env_file, logs)
 
+        supervisor = Supervisor(log=log)
+        if infra.postgres is not None:  # first: the services need it
+            supervisor.watch(PostgresUnit(infra.postgres, stop))
+        for service in running:
+            supervisor.watch(ServiceUnit(service, env, logs))
         while not stop.wait(0.5):
-            for service in running:
-                assert service.child is not None
-                if service.child.poll() is None:
-                    continue
-                code = service.child.returncode
-                now = time.monotonic()
-                while service.restarts and now - service.restarts[0] > 60:
-                    service.restarts.popleft()
-                if len(service.restarts) >= MAX_RESTARTS_PER_MINUTE:
-                    print(
-                        service.child.describe_failure("keeps crashing", service.name),
-                        file=sys.stderr,
-                    )
-                    return 1
-                log.warning("dev: %s exited with %s; restarting it", service.name, code)
-                service.restarts.append(now)
-                _start(service, env, logs)
+            if infra.kafka is not None and infra.kafka.poll() is not None:
+                print(_kafka_lost(infra.kafka), file=sys.stderr, flush=True)
+                return 1
+            supervisor.step()
     log.info("dev: stopped")
     return 0
+
+
+class ServiceUnit:
+    """A paystream service as the supervisor sees it."""
+
+    def __init__(self, service: Service, env: dict[str, str], logs: Path) -> None:
+        self._service = service
+        self._env = env
+        self._logs = logs
+
+    @property
+    def name(self) -> str:
+        return self._service.name
+
+    def poll(self) -> int | None:
+        assert self._service.child is not None
+        return self._service.child.poll()
+
+    def restart(self) -> str:
+        if self._service.child is not None:
+            # Already dead: this reaps it, closes its log handle, and kills anything its
+            # process group left behind.
+            self._service.child.stop(5.0)
+        _start(self._service, self._env, self._logs)
+        assert self._service.child is not None
+        return f"pid {self._service.child.pid}"
+
+    def log_tail(self, lines: int) -> str:
+        assert self._service.child is not None
+        return self._service.child.log_tail(lines)
+
+
+class PostgresUnit:
+    """The embedded PostgreSQL dev started, restarted on the same data directory and port
+    (the URL every service was given) after running its own crash recovery."""
+
+    name = "postgresql"
+
+    def __init__(self, pg: EmbeddedPostgres, stop: threading.Event) -> None:
+        self._pg = pg
+        self._stop = stop
+
+    def poll(self) -> int | None:
+        return self._pg.poll()
+
+    def restart(self) -> str:
+        # Restarting blocks the loop until the server is ready (crash recovery included);
+        # `abort=stop` keeps Ctrl-C prompt meanwhile.
+        report = self._pg.restart(abort=self._stop)
+        return f"{report.describe()}; pid {self._pg.pid}, port {self._pg.port}"
+
+    def log_tail(self, lines: int) -> str:
+        return self._pg.log_tail(lines)
+
+
+def _kafka_lost(kafka: EmbeddedKafka) -> str:
+    """Why dev stops when the embedded broker dies, instead of restarting it.
+
+    tansu runs with in-memory storage: a restarted broker would be empty. Commands accepted
+    but not yet consumed, outcome events already marked published by the relay, and every
+    consumer group's committed offsets would be gone, while the services carried on as if
+    nothing happened. Stopping loudly is the honest answer; `paystream dev` starts afresh.
+    """
+    assert kafka.process is not None
+    return kafka.process.describe_failure(
+        "died; it keeps topics, records and consumer offsets in memory only, so they are "
+        "lost and a restarted broker would be empty. Stopping the stack: run `paystream dev` "
+        "again (PostgreSQL keeps its data)",
+        "the embedded Kafka broker (tansu)",
+    )
 
 
 def _provision(db: DatabaseSettings, keyring_settings: KeyRingSettings, tenant: uuid.UUID) -> None:

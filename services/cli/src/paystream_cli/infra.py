@@ -14,6 +14,10 @@ from paystream_devinfra import EmbeddedKafka, EmbeddedPostgres
 class Infra:
     kafka_bootstrap: str
     database_url: str
+    # The embedded servers this command started (None when configured ones are used),
+    # for a supervisor to watch.
+    kafka: EmbeddedKafka | None = None
+    postgres: EmbeddedPostgres | None = None
 
 
 def open_infra(stack: contextlib.ExitStack, home: Path, *, fsync: bool = True) -> Infra:
@@ -21,13 +25,16 @@ def open_infra(stack: contextlib.ExitStack, home: Path, *, fsync: bool = True) -
     servers whose lifetime is tied to `stack` (logs and PostgreSQL data under `home`)."""
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    kafka: EmbeddedKafka | None = None
+    pg: EmbeddedPostgres | None = None
     bootstrap = os.environ.get("PAYSTREAM_KAFKA_BOOTSTRAP")
     if not bootstrap:
-        bootstrap = stack.enter_context(EmbeddedKafka(log_path=logs / "kafka.log")).bootstrap
+        kafka = stack.enter_context(EmbeddedKafka(log_path=logs / "kafka.log"))
+        bootstrap = kafka.bootstrap
     database_url = os.environ.get("PAYSTREAM_DATABASE_URL")
     if not database_url:
         pg = EmbeddedPostgres(
             home / "pg", log_path=logs / "postgres.log", database="paystream", fsync=fsync
         )
         database_url = stack.enter_context(pg).url
-    return Infra(bootstrap, database_url)
+    return Infra(bootstrap, database_url, kafka, pg)
