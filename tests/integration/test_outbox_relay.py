@@ -1,188 +1,93 @@
-"""The outbox relay on the real broker and PostgreSQL: crash safety, order, wake-up."""
+"""The outbox relay on the real broker and PostgreSQL: crash safety, order, wake-up, and how
+many rows a failure mid-batch can republish (one chunk)."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
 import signal
-import subprocess
-import uuid
-from collections import defaultdict
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka import Producer
+from psycopg.rows import dict_row
 
 from paystream_config import KafkaSettings
-from paystream_messaging.topics import ensure_topics
-from paystream_storage.outbox import shard_for
+from paystream_messaging.cloudevents_codec import encode
+from paystream_messaging.kafka_config import producer_config
+from paystream_messaging.schemas import SchemaRegistry
+from paystream_relay.relay import OutboxRelay, PublishError
+from paystream_storage.models import OUTBOX_SHARDS
+from tests.integration.relay_support import (
+    PARTITIONS,
+    RelayEnv,
+    TopicCount,
+    assert_per_key_order,
+    ce_ids,
+    make_relay_env,
+    read_all,
+    write_rows,
+)
 from tests.support.databases import libpq
-from tests.support.kafka import Received, consume_until
 from tests.support.polling import wait_for
-from tests.support.processes import paystream, terminate
+from tests.support.processes import terminate
 
 pytestmark = pytest.mark.integration
 
-PARTITIONS = 6
-
-
-@dataclass
-class RelayEnv:
-    bootstrap: str
-    database_url: str
-    prefix: str
-    tenant_id: uuid.UUID
-    logs: Path
-
-    @property
-    def topic(self) -> str:
-        return f"{self.prefix}.outcomes"
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {
-            "PAYSTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
-            "PAYSTREAM_DATABASE_URL": self.database_url,
-            "PAYSTREAM_TOPIC_PREFIX": self.prefix,
-            "PAYSTREAM_TOPIC_PARTITIONS": str(PARTITIONS),
-            **extra,
-        }
-
-    def start(self, name: str, **extra: str) -> subprocess.Popen[bytes]:
-        return paystream(["worker", "relay"], self.env(**extra), self.logs / f"{name}.log")
-
-    def unpublished(self) -> int:
-        with psycopg.connect(libpq(self.database_url)) as conn:
-            row = conn.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()
-        assert row is not None
-        return int(row[0])
+CHUNK = 50
 
 
 @pytest.fixture
 def relay_env(kafka_bootstrap: str, primary_database_url: str, tmp_path: Path) -> RelayEnv:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    ensure_topics(
-        KafkaSettings(
-            kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix, topic_partitions=PARTITIONS
-        )
-    )
-    tenant = uuid.uuid4()
-    with psycopg.connect(libpq(primary_database_url)) as conn:
-        conn.execute("INSERT INTO tenants (id, name) VALUES (%s, 'relay-test')", (tenant,))
-    return RelayEnv(kafka_bootstrap, primary_database_url, prefix, tenant, tmp_path)
-
-
-def _outcome(tenant: uuid.UUID, key: str, version: int) -> dict[str, object]:
-    return {
-        "transaction_id": str(uuid.uuid5(uuid.NAMESPACE_URL, key)),
-        "tenant_id": str(tenant),
-        "account_id": key,
-        "type": "deposit",
-        "status": "processing",
-        "version": version,
-        "amount_minor": 1000 + version,
-        "currency": "EUR",
-        "gateway": None,
-        "provider_reference": None,
-        "failure": None,
-        "occurred_at": "2026-01-01T00:00:00Z",
-    }
-
-
-def _write_rows(env: RelayEnv, count: int, keys: int) -> dict[str, str]:
-    """`count` outbox rows round-robin over `keys` keys; version = per-key sequence.
-
-    Returns event id -> key.
-    """
-    ids: dict[str, str] = {}
-    per_key: dict[str, int] = defaultdict(int)
-    now = datetime.now(UTC)
-    with (
-        psycopg.connect(libpq(env.database_url)) as conn,
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY outbox (tenant_id, topic, key, shard, event_id, event_type, source,"
-            " occurred_at, data) FROM STDIN"
-        ) as copy,
-    ):
-        for i in range(count):
-            key = f"acct-{i % keys}"
-            per_key[key] += 1
-            event_id = str(uuid.uuid4())
-            ids[event_id] = key
-            copy.write_row(
-                (
-                    env.tenant_id,
-                    "outcomes",
-                    key,
-                    shard_for(key),
-                    event_id,
-                    "paystream.transaction.processing.v1",
-                    "/paystream/test",
-                    now,
-                    json.dumps(_outcome(env.tenant_id, key, per_key[key])),
-                )
-            )
-    return ids
-
-
-def _read_all(env: RelayEnv, expected_ids: set[str]) -> list[Received]:
-    def seen_all(records: list[Received]) -> bool:
-        return expected_ids <= {r.headers["ce_id"].decode() for r in records}
-
-    return consume_until(env.bootstrap, env.topic, seen_all, timeout=120)
-
-
-def _assert_per_key_order(records: list[Received]) -> None:
-    """A consumer that drops versions it has already seen gets each key's rows in order."""
-    by_key: dict[str, list[int]] = defaultdict(list)
-    partitions: dict[str, set[int]] = defaultdict(set)
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        data = json.loads(r.value or b"{}")
-        by_key[data["account_id"]].append(data["version"])
-        partitions[data["account_id"]].add(r.partition)
-    for key, versions in by_key.items():
-        assert len(partitions[key]) == 1, f"{key} spread over partitions {partitions[key]}"
-        newest, accepted = 0, []
-        for v in versions:
-            if v > newest:
-                accepted.append(v)
-                newest = v
-        assert accepted == list(range(1, max(versions) + 1)), f"{key}: {versions[:50]}"
+    return make_relay_env(kafka_bootstrap, primary_database_url, tmp_path)
 
 
 def test_kill_9_while_publishing_loses_nothing(relay_env: RelayEnv) -> None:
-    ids = _write_rows(relay_env, count=10_000, keys=50)
+    ids = write_rows(relay_env, count=10_000, keys=50)
     kills = 0
-    for round_no in range(3):
-        proc = relay_env.start(f"relay-{round_no}", PAYSTREAM_RELAY_BATCH_SIZE="100")
-        target = 10_000 - 2_000 * (round_no + 1)
-        wait_for(
-            lambda p=proc, t=target: relay_env.unpublished() <= t or p.poll() is not None,  # type: ignore[misc]
-            timeout=60,
-            what=f"relay to publish down to {target} unpublished rows",
-        )
-        assert proc.poll() is None, "relay exited on its own"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        kills += 1
+    with contextlib.closing(TopicCount(relay_env)) as on_topic:
+        for round_no in range(3):
+            # Batches of 500 rows, 10 chunks each: a kill lands inside a batch.
+            proc = relay_env.start(
+                f"relay-{round_no}",
+                PAYSTREAM_RELAY_BATCH_SIZE="500",
+                PAYSTREAM_RELAY_PUBLISH_CHUNK=str(CHUNK),
+            )
+            target = 2_000 * (round_no + 1)
+            wait_for(
+                lambda p=proc, t=target: on_topic() >= t or p.poll() is not None,  # type: ignore[misc]
+                timeout=60,
+                interval=0.005,
+                what=f"{target} records on the topic",
+            )
+            assert proc.poll() is None, "relay exited on its own"
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            kills += 1
+            assert relay_env.unpublished() > 0, "the kill came after the backlog was drained"
     final = relay_env.start("relay-final")
     try:
         wait_for(lambda: relay_env.unpublished() == 0, timeout=120, what="every row published")
     finally:
         assert terminate(final) == 0
-    records = _read_all(relay_env, set(ids))
-    seen = [r.headers["ce_id"].decode() for r in records]
+    records = read_all(relay_env, set(ids))
+    seen = ce_ids(records)
     assert set(seen) == set(ids), "rows missing from the topic"
-    _assert_per_key_order(records)
+    assert_per_key_order(records)
     duplicates = len(seen) - len(set(seen))
     print(f"\nrelay kill -9 x{kills}: 10000 rows, {len(seen)} records, {duplicates} duplicates")
+    # Each kill republishes at most the one chunk Kafka had (maybe) acknowledged but the
+    # relay had not yet marked; whole batches (500 rows) are no longer at stake.
+    assert duplicates <= kills * CHUNK
 
 
 def test_two_relays_share_the_work_without_duplicates(relay_env: RelayEnv) -> None:
-    ids = _write_rows(relay_env, count=4_000, keys=40)
+    ids = write_rows(relay_env, count=4_000, keys=40)
     procs = [
         relay_env.start(
             f"relay-{n}", PAYSTREAM_RELAY_BATCH_SIZE="50", PAYSTREAM_RELAY_MAX_SHARDS_PER_BATCH="4"
@@ -194,11 +99,11 @@ def test_two_relays_share_the_work_without_duplicates(relay_env: RelayEnv) -> No
     finally:
         codes = [terminate(p) for p in procs]
     assert codes == [0, 0]
-    records = _read_all(relay_env, set(ids))
-    seen = [r.headers["ce_id"].decode() for r in records]
+    records = read_all(relay_env, set(ids))
+    seen = ce_ids(records)
     assert len(seen) == len(set(seen)) == len(ids), "a row was published twice"
-    _assert_per_key_order(records)
-    counts = [_published_count(relay_env.logs / f"relay-{n}.log") for n in range(2)]
+    assert_per_key_order(records)
+    counts = [_published_count(relay_env.log(f"relay-{n}")) for n in range(2)]
     assert sum(counts) == len(ids)
     assert min(counts) > 0, f"one relay did all the work: {counts}"
 
@@ -213,13 +118,136 @@ def test_relay_wakes_on_notify_not_on_its_poll(relay_env: RelayEnv) -> None:
     # With a 60 s fallback poll, only LISTEN/NOTIFY can deliver a row within the deadline.
     proc = relay_env.start("relay", PAYSTREAM_RELAY_IDLE_POLL_S="60")
     try:
-        first = _write_rows(relay_env, count=1, keys=1)
+        first = write_rows(relay_env, count=1, keys=1)
         wait_for(lambda: relay_env.unpublished() == 0, timeout=20, what="first row")
-        second = _write_rows(relay_env, count=1, keys=1)
+        second = write_rows(relay_env, count=1, keys=1, first_version=2)
         wait_for(lambda: relay_env.unpublished() == 0, timeout=10, what="row after idle")
     finally:
         assert terminate(proc) == 0
-    records = _read_all(relay_env, set(first) | set(second))
+    records = read_all(relay_env, set(first) | set(second))
     record = next(r for r in records if r.headers["ce_id"].decode() in second)
     assert record.headers["ce_type"] == b"paystream.transaction.processing.v1"
     assert record.key == b"acct-0"
+
+
+# --- one batch, in process: what a failure in its third chunk leaves behind -------------
+
+
+class _HookedProducer(Producer):
+    """The real producer, with a hook after each flush: the test injects a failure at an
+    exact point of a batch, after the chunk really reached the broker (the worst case for
+    duplicates)."""
+
+    def __init__(self, config: dict[str, Any], after_flush: Callable[[int, int], int]) -> None:
+        super().__init__(config)
+        self.after_flush = after_flush
+        self.flushes = 0
+
+    def flush(self, timeout: float = -1) -> int:
+        remaining = super().flush(timeout)
+        self.flushes += 1
+        return self.after_flush(self.flushes, remaining)
+
+
+def _relay(env: RelayEnv, after_flush: Callable[[int, int], int] | None = None) -> OutboxRelay:
+    kafka = KafkaSettings(
+        kafka_bootstrap=env.bootstrap, topic_prefix=env.prefix, topic_partitions=PARTITIONS
+    )
+    config = producer_config(kafka, client_id="relay-test")
+    registry = SchemaRegistry()
+
+    def new_producer() -> Producer:
+        if after_flush is None:
+            return Producer(config)
+        return _HookedProducer(config, after_flush)
+
+    return OutboxRelay(
+        conninfo=libpq(env.database_url),
+        new_producer=new_producer,
+        topic_for=kafka.topic,
+        encode=lambda event: encode(event, registry, validate=False),
+        batch_size=500,
+        max_shards=OUTBOX_SHARDS,  # one batch takes the whole backlog, in id order
+        publish_chunk=CHUNK,
+    )
+
+
+def _event_ids_by_id(env: RelayEnv, published: bool) -> list[str]:
+    with psycopg.connect(libpq(env.database_url)) as conn:
+        rows = conn.execute(
+            "SELECT event_id::text FROM outbox WHERE (published_at IS NOT NULL) = %s ORDER BY id",
+            (published,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _all_event_ids(env: RelayEnv) -> list[str]:
+    with psycopg.connect(libpq(env.database_url)) as conn:
+        return [r[0] for r in conn.execute("SELECT event_id::text FROM outbox ORDER BY id")]
+
+
+def _shards_free(env: RelayEnv) -> bool:
+    """No relay still holds a shard lock (NOWAIT fails at once on a held one)."""
+    with psycopg.connect(libpq(env.database_url)) as conn:
+        try:
+            conn.execute("SELECT shard FROM outbox_shards FOR UPDATE NOWAIT").fetchall()
+        except psycopg.errors.LockNotAvailable:
+            return False
+    return True
+
+
+def _assert_republished_only(env: RelayEnv, ids: set[str], allowed: set[str]) -> None:
+    records = read_all(env, ids)
+    seen = ce_ids(records)
+    assert set(seen) == ids, "rows missing from the topic"
+    twice = {ce_id for ce_id, n in Counter(seen).items() if n > 1}
+    assert twice <= allowed, f"{len(twice - allowed)} rows outside the failed chunk republished"
+    assert max(Counter(seen).values()) <= 2
+    assert_per_key_order(records)
+
+
+def test_a_chunk_kafka_fails_leaves_the_chunks_before_it_published(relay_env: RelayEnv) -> None:
+    ids = write_rows(relay_env, count=200, keys=20)
+    order = _all_event_ids(relay_env)
+    failing = _relay(relay_env, lambda n, remaining: 1 if n == 3 else remaining)
+    with (
+        psycopg.connect(libpq(relay_env.database_url), row_factory=dict_row) as conn,
+        psycopg.connect(libpq(relay_env.database_url), autocommit=True) as marker,
+    ):
+        with pytest.raises(PublishError, match="1 records unacknowledged"):
+            failing.publish_batch(conn, marker)
+        assert _event_ids_by_id(relay_env, published=True) == order[: 2 * CHUNK]
+        assert failing.stats.published == 2 * CHUNK
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert _shards_free(relay_env)
+
+        # The retry (as the run loop does it: a fresh producer) publishes the rest.
+        assert _relay(relay_env).publish_batch(conn, marker) == 200 - 2 * CHUNK
+    assert _event_ids_by_id(relay_env, published=False) == []
+    _assert_republished_only(relay_env, set(ids), allowed=set(order[2 * CHUNK : 3 * CHUNK]))
+
+
+def test_losing_the_mark_connection_mid_batch_rolls_the_claim_back(relay_env: RelayEnv) -> None:
+    ids = write_rows(relay_env, count=200, keys=20)
+    order = _all_event_ids(relay_env)
+    url = libpq(relay_env.database_url)
+    with (
+        psycopg.connect(url, row_factory=dict_row) as conn,
+        psycopg.connect(url, autocommit=True) as marker,
+        psycopg.connect(url, autocommit=True) as admin,
+    ):
+
+        def drop_marker(flushes: int, remaining: int) -> int:
+            if flushes == 3:  # chunk 3 is on Kafka; its mark will find the connection gone
+                admin.execute("SELECT pg_terminate_backend(%s)", (marker.info.backend_pid,))
+            return remaining
+
+        with pytest.raises(psycopg.OperationalError):
+            _relay(relay_env, drop_marker).publish_batch(conn, marker)
+        assert _event_ids_by_id(relay_env, published=True) == order[: 2 * CHUNK]
+        assert _shards_free(relay_env), "the claim outlived its failed batch"
+
+        with psycopg.connect(url, autocommit=True) as new_marker:
+            assert _relay(relay_env).publish_batch(conn, new_marker) == 200 - 2 * CHUNK
+    assert _event_ids_by_id(relay_env, published=False) == []
+    _assert_republished_only(relay_env, set(ids), allowed=set(order[2 * CHUNK : 3 * CHUNK]))
