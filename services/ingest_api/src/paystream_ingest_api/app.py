@@ -16,7 +16,14 @@ from paystream_ingest_api.auth import authenticate
 from paystream_ingest_api.deps import IngestDeps
 from paystream_ingest_api.openapi import build_openapi
 from paystream_ingest_api.problems import Problem
-from paystream_ingest_api.requests import DepositRequest, WithdrawalRequest, field_errors
+from paystream_ingest_api.requests import (
+    IDEMPOTENCY_KEY_PATTERN,
+    DepositRequest,
+    WithdrawalRequest,
+    account_id_valid,
+    field_errors,
+)
+from paystream_storage.errors import TRANSIENT_DB_ERRORS
 from paystream_web.lifespan import closing_lifespan
 from paystream_web.service import (
     MetricsMiddleware,
@@ -42,13 +49,11 @@ def create_app(deps: IngestDeps) -> FastAPI:
         redoc_url=None,
     )
 
-    install_problem_handlers(app, Problem)
+    install_problem_handlers(app, Problem, unavailable=TRANSIENT_DB_ERRORS)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        return Problem(
-            "validation-error", "request is invalid", errors=field_errors(list(exc.errors()))
-        ).response(request.url.path)
+        return _validation_problem(list(exc.errors())).response(request.url.path)
 
     async def tenant_of(request: Request) -> uuid.UUID:
         return await authenticate(
@@ -70,9 +75,7 @@ def create_app(deps: IngestDeps) -> FastAPI:
                 raise Problem(
                     "malformed-json", f"body is not valid JSON: {errors[0]['msg']}"
                 ) from None
-            raise Problem(
-                "validation-error", "request is invalid", errors=field_errors(list(errors))
-            ) from None
+            raise _validation_problem(list(errors)) from None
         traceparent = request.headers.get("traceparent")
         if traceparent is not None and len(traceparent) != _TRACEPARENT_LEN:
             traceparent = None  # malformed trace context is dropped, not propagated
@@ -99,6 +102,10 @@ def create_app(deps: IngestDeps) -> FastAPI:
     @app.get("/v1/accounts/{account_id}/balances", operation_id="getBalances")
     async def get_balances(request: Request, account_id: str) -> Response:
         tenant = await tenant_of(request)
+        if not account_id_valid(account_id):
+            # No account can have this id (a control character would not even reach the
+            # database): the answer is the one any unknown account gets.
+            raise Problem("not-found", f"no account {account_id!r}")
         return JSONResponse(await handlers.account_balances(deps, tenant, account_id))
 
     add_operations_routes(
@@ -125,12 +132,25 @@ def create_app(deps: IngestDeps) -> FastAPI:
 
 def _idempotency_key(request: Request) -> str:
     key = request.headers.get("idempotency-key")
-    if key is None or not 1 <= len(key) <= 255 or not key.isprintable():
+    if key is None or IDEMPOTENCY_KEY_PATTERN.fullmatch(key) is None:
         raise Problem(
             "missing-idempotency-key",
-            "send an Idempotency-Key header of 1-255 printable characters",
+            "send an Idempotency-Key header of 1-255 printable ASCII characters"
+            " (no control characters, no leading or trailing space)",
         )
     return key
+
+
+def _validation_problem(errors: list[Any]) -> Problem:
+    """422 whose detail names the first offending field and what is wrong with it."""
+    fields = field_errors(errors)
+    first = fields[0] if fields else {"field": "body", "message": "invalid"}
+    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
+    return Problem(
+        "validation-error",
+        f"request is invalid: {first['field']}: {first['message']}{more}",
+        errors=fields,
+    )
 
 
 async def _read_json_body(request: Request, limit: int) -> bytes:

@@ -9,7 +9,12 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from paystream_ingest_api.problems import MEDIA_TYPE, TITLES, problem_schema
-from paystream_ingest_api.requests import DepositRequest, WithdrawalRequest
+from paystream_ingest_api.requests import (
+    ID_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
+    DepositRequest,
+    WithdrawalRequest,
+)
 
 _REF = "#/components/schemas/{model}"
 
@@ -128,8 +133,16 @@ _IDEMPOTENCY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": True,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-    "description": "Same key + same body -> same transaction; same key + other body -> 409.",
+    "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_PATTERN.pattern}$"},
+    "description": (
+        "1-255 printable ASCII characters, no space at either end. Same key + same body ->"
+        " same transaction; same key + other body -> 409."
+    ),
+}
+# Path parameters as the server reads them: anything else is an unknown resource (404).
+_PATH_PARAMETERS = {
+    "transaction_id": {"type": "string", "format": "uuid"},
+    "account_id": {"type": "string", "pattern": ID_PATTERN},
 }
 _TRACEPARENT = {
     "name": "traceparent",
@@ -183,6 +196,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         op = paths[path]["get"]
         op["security"] = [{"bearer": []}]
         op["responses"] = _responses(("200", "OK", schema), "unauthorized", "not-found")
+        for parameter in op["parameters"]:
+            parameter["schema"] = dict(_PATH_PARAMETERS[parameter["name"]])
     paths["/healthz"]["get"]["responses"] = _responses(("200", "Process is alive", "Health"))
     paths["/readyz"]["get"]["responses"] = _responses(
         ("200", "Kafka and PostgreSQL reachable", "Health")

@@ -1,4 +1,10 @@
-"""Request bodies of the ingest API, validated strictly (unknown fields are errors)."""
+"""Request bodies of the ingest API, validated strictly (unknown fields are errors).
+
+Every string refuses control characters and every amount has its currency's ceiling
+(paystream_core.limits): what is answered 202 must fit the database and the ledger. The
+JSON Schema of each model states the same rules, so the OpenAPI document admits exactly
+what the server accepts (the IBAN check digits excepted: no pattern can say mod 97).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import re
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -15,14 +22,83 @@ from pydantic import (
     model_validator,
 )
 
+from paystream_core import limits
 from paystream_core.countries import ISO_COUNTRIES
 from paystream_core.money import CURRENCY_EXPONENTS, Money, MoneyError
 
-AccountId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+def _no_controls(value: str) -> str:
+    problem = limits.forbidden_character(value)
+    if problem is not None:
+        raise ValueError(f"must not contain {problem}")
+    return value
+
+
+# Free text: bounded, without control characters (the rule, and the schema saying it).
+_NO_CONTROLS = AfterValidator(_no_controls)
+_NO_CONTROLS_SCHEMA = Field(json_schema_extra={"pattern": limits.NO_CONTROL_PATTERN})
+ID_PATTERN = rf"^[A-Za-z0-9_.:-]{{1,{limits.ACCOUNT_ID_MAX}}}$"
+
+AccountId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+MetadataKey = Annotated[
+    str, StringConstraints(pattern=rf"^[A-Za-z0-9_.:-]{{1,{limits.METADATA_KEY_MAX}}}$")
+]
+MetadataValue = Annotated[
+    str,
+    StringConstraints(max_length=limits.METADATA_VALUE_MAX),
+    _NO_CONTROLS,
+    _NO_CONTROLS_SCHEMA,
+]
+PaymentMethod = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.PAYMENT_METHOD_MAX),
+    _NO_CONTROLS,
+    _NO_CONTROLS_SCHEMA,
+]
+HolderName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.HOLDER_NAME_MAX),
+    _NO_CONTROLS,
+    _NO_CONTROLS_SCHEMA,
+]
+
+# Any amount of any currency; `_amount_rules` narrows it per currency.
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,12})(\.[0-9]{1,3})?$"
 
 _IBAN = re.compile(r"^[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}$")
+
+
+# Printable ASCII, no space at either end (HTTP servers strip it, so the key would change).
+IDEMPOTENCY_KEY_PATTERN = re.compile(
+    rf"[\x21-\x7E]([\x20-\x7E]{{0,{limits.IDEMPOTENCY_KEY_MAX - 2}}}[\x21-\x7E])?"
+)
+
+
+def account_id_valid(value: str) -> bool:
+    """Whether `value` can be an account id (path parameters are checked with it)."""
+    return re.fullmatch(ID_PATTERN, value) is not None
+
+
+def _deposit_schema(schema: dict[str, Any]) -> None:
+    """What pydantic's schema leaves out. Metadata keys outside the key pattern are
+    refused (pydantic states the pattern as patternProperties, which alone lets any other
+    key through); the amount rule per currency (fraction digits, > 0, ceiling) is one
+    branch per group of currencies sharing a pattern."""
+    for branch in schema["properties"]["metadata"]["anyOf"]:
+        if branch.get("type") == "object":
+            branch["additionalProperties"] = False
+    groups: dict[str, list[str]] = {}
+    for currency in sorted(CURRENCY_EXPONENTS):
+        groups.setdefault(limits.amount_pattern(currency), []).append(currency)
+    schema["anyOf"] = [
+        {
+            "properties": {
+                "currency": {"enum": currencies},
+                "amount": {"pattern": pattern},
+            }
+        }
+        for pattern, currencies in groups.items()
+    ]
 
 
 class _Strict(BaseModel):
@@ -30,6 +106,8 @@ class _Strict(BaseModel):
 
 
 class DepositRequest(_Strict):
+    model_config = ConfigDict(json_schema_extra=_deposit_schema)
+
     account_id: AccountId = Field(description="Your identifier of the end user's account.")
     country: str = Field(
         description="ISO 3166-1 alpha-2 country of the account.",
@@ -37,17 +115,23 @@ class DepositRequest(_Strict):
         json_schema_extra={"enum": list[JsonValue](sorted(ISO_COUNTRIES))},
     )
     amount: str = Field(
-        description="Decimal string, > 0, no more fraction digits than the currency has.",
+        description=(
+            "Decimal string, > 0, no more fraction digits than the currency has, at most"
+            f" {limits.MAX_AMOUNT_MINOR:,} minor units (e.g. 10000000000.00 EUR,"
+            " 1000000000000 JPY, 1000000000.000 KWD)."
+        ),
         examples=["100.00"],
-        json_schema_extra={"pattern": r"^(0|[1-9][0-9]{0,18})(\.[0-9]{1,3})?$"},
+        json_schema_extra={"pattern": AMOUNT_PATTERN},
     )
     currency: str = Field(
         description="ISO 4217 code.",
         examples=["EUR"],
         json_schema_extra={"enum": list[JsonValue](sorted(CURRENCY_EXPONENTS))},
     )
-    payment_method: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
-    metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=32)
+    payment_method: PaymentMethod | None = None
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        default=None, max_length=limits.METADATA_MAX_ENTRIES
+    )
 
     @field_validator("country")
     @classmethod
@@ -65,8 +149,10 @@ class DepositRequest(_Strict):
 
     @model_validator(mode="after")
     def _amount(self) -> DepositRequest:
-        if self.money.amount_minor <= 0:
-            raise ValueError("amount: must be greater than zero")
+        try:
+            limits.check_amount(self.money.amount_minor, self.currency)
+        except limits.LimitError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     @property
@@ -77,12 +163,26 @@ class DepositRequest(_Strict):
             raise ValueError(f"amount: {exc}") from None
 
 
+def _one_account_schema(schema: dict[str, Any]) -> None:
+    """ "Exactly one of iban or account_number" (null counts as absent) as JSON Schema."""
+    schema["anyOf"] = [
+        {
+            "required": [given],
+            "properties": {given: {"type": "string"}, other: {"type": "null"}},
+        }
+        for given, other in (("iban", "account_number"), ("account_number", "iban"))
+    ]
+
+
 class BankDestination(_Strict):
     """Payout destination. Encrypted before it leaves the API; only a mask is shown."""
 
-    holder_name: Annotated[str, StringConstraints(min_length=1, max_length=140)]
+    model_config = ConfigDict(json_schema_extra=_one_account_schema)
+
+    holder_name: HolderName
     iban: str | None = Field(
         default=None,
+        description="ISO 13616 IBAN, uppercase without spaces, with valid check digits.",
         examples=["DE89370400440532013000"],
         json_schema_extra={"pattern": _IBAN.pattern},
     )

@@ -15,8 +15,10 @@ class IngestSettings(KafkaSettings, DatabaseSettings):
     # Measured with `paystream bench ingest`; see the README.
     ingest_server: Literal["uvicorn", "granian"] = "uvicorn"
     ingest_workers: int = Field(default=1, ge=1, le=64)
-    # Bodies above this get 413 before they are parsed.
-    ingest_max_body_bytes: int = Field(default=65_536, ge=1024, le=10_485_760)
+    # Bodies above this get 413 before they are parsed. The default takes every body the
+    # OpenAPI document admits written as compact JSON, even with all 32 metadata values at
+    # 512 characters escaped as \\uXXXX surrogate pairs (about 205 KB).
+    ingest_max_body_bytes: int = Field(default=262_144, ge=1024, le=10_485_760)
     # A command is acknowledged by Kafka within this bound or the client gets 503; the
     # producer's delivery timeout is set to it, so a 503'd record is never sent later.
     ingest_publish_timeout_ms: int = Field(default=5000, ge=500, le=120_000)
