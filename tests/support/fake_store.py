@@ -6,9 +6,9 @@ It mirrors `paystream_storage.payments` (`PgPaymentStore`) statement by statemen
   the block raises; units run one at a time (one asyncio.Lock), so each sees the others'
   committed writes only;
 - a unit sees and writes only its tenant's rows; a unit without a tenant (None) may only run
-  the cross-tenant queries `parked_due`, `reconcile_due` and `unresolved_count` (the real
-  store's SECURITY DEFINER functions); anything else raises RuntimeError instead of
-  silently finding no rows;
+  the cross-tenant queries `parked_due`, `reconcile_due`, `processing_due` and
+  `unresolved_count` (the real store's SECURITY DEFINER functions); anything else raises
+  RuntimeError instead of silently finding no rows;
 - inserts behave like `INSERT ... ON CONFLICT DO NOTHING`: `add_transactions` and
   `add_attempts` skip rows that exist (any unique key) and return the ids inserted, and they
   store only the columns the real INSERT writes;
@@ -17,6 +17,8 @@ It mirrors `paystream_storage.payments` (`PgPaymentStore`) statement by statemen
   by one in list order, which is what the real chunks (one transition per transaction) and
   hold waves (one hold per balance) add up to: a hold the available balance cannot cover is
   refused and returned, any other posting that would go below zero raises `PostingRefused`;
+- `resubmit` writes the command rebuilt by the real store's `command_of`, validated, to the
+  outbox on the commands topic;
 - `find_attempts` matches our idempotency key first, then the provider's reference on the
   attempt with the highest seq, both within the reporting connection;
 - `first_seen` records inbox ids per consumer, across tenants (the primary key).
@@ -53,11 +55,17 @@ from paystream_core.ports import (
 from paystream_core.records import AttemptRecord, TransactionRecord
 from paystream_core.reports import match_attempts
 from paystream_core.routing import Route, TenantConnection
-from paystream_core.statuses import Status, TransactionType
+from paystream_core.statuses import AttemptStatus, Status, TransactionType
 from paystream_core.transitions import Transition
 from paystream_messaging.outcomes import outcome_of
 from paystream_messaging.schemas import SchemaRegistry
-from paystream_storage.payments import ConcurrentChange, PostingRefused
+from paystream_messaging.topics import COMMANDS, OUTCOMES
+from paystream_storage.payments import (
+    ConcurrentChange,
+    PostingRefused,
+    command_of,
+    resubmission_id,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,7 @@ class OutboxEvent:
     source: str
     occurred_at: datetime
     data: dict[str, Any]
+    topic: str = OUTCOMES
 
 
 @dataclass
@@ -241,7 +250,15 @@ class FakeStore:
         return [
             (e.data["status"], e.data["version"])
             for e in self.state.outbox
-            if e.data["transaction_id"] == str(txn_id)
+            if e.topic == OUTCOMES and e.data["transaction_id"] == str(txn_id)
+        ]
+
+    def commands(self, txn_id: uuid.UUID) -> list[OutboxEvent]:
+        """The transaction's commands queued again (resubmitted), in write order."""
+        return [
+            e
+            for e in self.state.outbox
+            if e.topic == COMMANDS and e.data["transaction_id"] == str(txn_id)
         ]
 
     def balance(self, tenant: uuid.UUID, account: str, currency: str = "EUR") -> tuple[int, int]:
@@ -543,6 +560,57 @@ class FakeUnit:
                 due.append((next_at or updated, t))
         due.sort(key=lambda entry: entry[0])
         return [(t.tenant_id, t.id) for _, t in due[:limit]]
+
+    async def processing_due(
+        self, *, age_s: float, limit: int
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        now = self._now()
+        since = now - timedelta(seconds=age_s)
+        newest: dict[uuid.UUID, AttemptRecord] = {}
+        for a in self._s.attempts.values():
+            if a.transaction_id not in newest or a.seq > newest[a.transaction_id].seq:
+                newest[a.transaction_id] = a
+        due: list[tuple[datetime, TransactionRecord]] = []
+        for t in self._s.transactions.values():
+            attempt = newest.get(t.id)
+            if t.status != Status.PROCESSING or attempt is None:
+                continue
+            started = attempt.started_at or now
+            booked = self._s.reconciliations.get(t.id)
+            next_at = booked.next_lookup_at if booked is not None else None
+            if (
+                (t.updated_at or now) <= since
+                and attempt.status == AttemptStatus.STARTED
+                and started <= since
+                and (next_at is None or next_at <= now)
+            ):
+                due.append((next_at or started, t))
+        due.sort(key=lambda entry: entry[0])
+        return [(t.tenant_id, t.id) for _, t in due[:limit]]
+
+    async def resubmit(
+        self, txns: Sequence[TransactionRecord], *, source: str, at: datetime, nonce: str
+    ) -> None:
+        for txn in txns:
+            _same_tenant(txn.tenant_id, self.tenant)
+            command = command_of(txn)
+            data = command.data()
+            self._store.registry.validate(command.EVENT_TYPE, data)
+            event_id = resubmission_id(txn, nonce)
+            if any(e.event_id == event_id for e in self._s.outbox):
+                raise psycopg.errors.UniqueViolation(f"outbox event {event_id} exists")
+            self._s.outbox.append(
+                OutboxEvent(
+                    self.tenant,
+                    txn.account_id,
+                    event_id,
+                    command.EVENT_TYPE,
+                    source,
+                    at,
+                    data,
+                    topic=COMMANDS,
+                )
+            )
 
     async def unresolved_count(self, *, horizon_s: float, stuck_processing_s: float) -> int:
         now = self._now()

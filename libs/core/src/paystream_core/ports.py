@@ -168,6 +168,21 @@ class PaymentUnit(Protocol):
         """(tenant, transaction) pairs the reconciler should look up now, across tenants."""
         ...
 
+    async def processing_due(
+        self, *, age_s: float, limit: int
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """(tenant, transaction) pairs still `processing` whose newest attempt is `started`
+        and began at least `age_s` ago, due for a lookup, across tenants (the worker died
+        during the call and its command never came back)."""
+        ...
+
+    async def resubmit(
+        self, txns: Sequence[TransactionRecord], *, source: str, at: datetime, nonce: str
+    ) -> None:
+        """Queue each transaction's command again through the outbox, rebuilt from its row:
+        the gateway worker resumes it like a redelivery. `nonce` makes the event ids new
+        (one per resubmission)."""
+
     async def unresolved_count(self, *, horizon_s: float, stuck_processing_s: float) -> int: ...
 
     async def reconciliation(self, txn_id: uuid.UUID) -> ReconciliationRecord:

@@ -18,11 +18,13 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from paystream_core.ids import PAYSTREAM_NAMESPACE
 from paystream_core.ledger import balance_deltas, legs
 from paystream_core.ports import (
     AnomalyRecord,
@@ -35,9 +37,15 @@ from paystream_core.reports import match_attempts
 from paystream_core.routing import Route, TenantConnection
 from paystream_core.statuses import AttemptStatus, Status, TransactionType
 from paystream_core.transitions import Transition
+from paystream_messaging.commands import (
+    Command,
+    RequestDeposit,
+    RequestWithdrawal,
+    SealedDestination,
+)
 from paystream_messaging.outcomes import outcome_of
 from paystream_messaging.schemas import SchemaRegistry
-from paystream_messaging.topics import OUTCOMES
+from paystream_messaging.topics import COMMANDS, OUTCOMES
 from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import APP_ROLE
 from paystream_storage.outbox import shard_for
@@ -205,6 +213,7 @@ UPDATE parked_callbacks SET tries = %s, next_try_at = %s, resolved_at = %s, reso
 WHERE id = %s
 """
 _RECONCILE_DUE = "SELECT tenant_id, transaction_id FROM paystream_reconcile_due(%s, %s, %s)"
+_PROCESSING_DUE = "SELECT tenant_id, transaction_id FROM paystream_processing_due(%s, %s)"
 _UNRESOLVED = "SELECT paystream_unresolved_count(%s, %s)"
 _ADD_RECONCILIATION = """
 INSERT INTO reconciliations (transaction_id, tenant_id) VALUES (%s, %s) ON CONFLICT DO NOTHING
@@ -709,6 +718,40 @@ class PgPaymentUnit:
         rows = await self._rows(_RECONCILE_DUE, (pending_age_s, action_expiry_s, limit))
         return [(row[0], row[1]) for row in rows]
 
+    async def processing_due(
+        self, *, age_s: float, limit: int
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        rows = await self._rows(_PROCESSING_DUE, (age_s, limit))
+        return [(row[0], row[1]) for row in rows]
+
+    async def resubmit(
+        self, txns: Sequence[TransactionRecord], *, source: str, at: datetime, nonce: str
+    ) -> None:
+        if not txns:
+            return
+        rows = []
+        for txn in txns:
+            command = command_of(txn)
+            data = command.data()
+            # Validated here, where a bug still rolls the unit back: the relay never meets a
+            # row it cannot publish, and the worker never a command it must dead-letter.
+            self._registry.validate(command.EVENT_TYPE, data)
+            key = txn.account_id
+            event_id = resubmission_id(txn, nonce)
+            rows.append(
+                (
+                    COMMANDS,
+                    key,
+                    shard_for(key),
+                    event_id,
+                    command.EVENT_TYPE,
+                    source,
+                    at,
+                    Jsonb(data),
+                )
+            )
+        await self._conn.execute(_ADD_OUTBOX, (self.tenant, *_columns(rows, 8)))
+
     async def unresolved_count(self, *, horizon_s: float, stuck_processing_s: float) -> int:
         rows = await self._rows(_UNRESOLVED, (horizon_s, stuck_processing_s))
         return int(rows[0][0])
@@ -730,6 +773,41 @@ class PgPaymentUnit:
                 record.transaction_id,
             ),
         )
+
+
+def command_of(txn: TransactionRecord) -> Command:
+    """The command that created `txn`, rebuilt from its row (which keeps every field the
+    worker needs, a withdrawal's destination still sealed). Its id and payload hash are the
+    original's, so the worker finds the stored transaction and resumes it, as for a
+    redelivery. `requested_at` becomes the row's creation time (nothing reads it again)."""
+    if txn.created_at is None:
+        raise ValueError(f"transaction {txn.id} has no creation time: not a stored row")
+    fields: dict[str, Any] = {
+        "transaction_id": txn.id,
+        "tenant_id": txn.tenant_id,
+        "idempotency_key": txn.idempotency_key,
+        "payload_hash": txn.payload_hash,
+        "account_id": txn.account_id,
+        "country": txn.country,
+        "amount_minor": txn.amount_minor,
+        "currency": txn.currency,
+        "requested_at": txn.created_at,
+        "payment_method": txn.payment_method,
+        "metadata": dict(txn.metadata),
+    }
+    if txn.type == TransactionType.DEPOSIT:
+        return RequestDeposit(**fields)
+    if txn.destination_ciphertext is None or txn.destination_key_id is None:
+        raise ValueError(f"withdrawal {txn.id} has no sealed destination")
+    destination = SealedDestination(
+        bytes(txn.destination_ciphertext), txn.destination_key_id, txn.destination_masked or ""
+    )
+    return RequestWithdrawal(**fields, destination=destination)
+
+
+def resubmission_id(txn: TransactionRecord, nonce: str) -> uuid.UUID:
+    """The event id of one resubmission of `txn`'s command (the outbox's ids are unique)."""
+    return uuid.uuid5(PAYSTREAM_NAMESPACE, f"resubmitted|{txn.id}|{txn.payload_hash}|{nonce}")
 
 
 def _balance(t: Transition) -> tuple[str, str]:
