@@ -8,6 +8,13 @@
 - `unknown` proven absent by a conclusive lookup: the attempt never executed -> `failed`.
 - `action_required` past `reconciler_action_expiry_s`: looked up first (the customer may
   have finished and the callback been lost); still waiting -> `failed` (`expired`).
+- `processing` with a `started` attempt older than `reconciler_processing_age_s`: the
+  gateway worker died during the call and its command never came back. Looked up by the
+  attempt's idempotency key (`paystream_core.reports.resume_processing`): an answer is
+  applied like a callback; proven absent -> the command is queued again through the outbox,
+  and the worker resumes it as a redelivery (same key; its own fallback rules); nothing
+  conclusive -> backoff; past `reconciler_processing_horizon_s` -> `unknown` (the lookups
+  above take over), never `failed`.
 
 The rules are `paystream_core.reports.reconcile`. No database transaction is open during a
 lookup: read, call, then lock and re-check.
@@ -24,18 +31,23 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from paystream_core.outcomes import Outcome
 from paystream_core.ports import AttemptKey, PaymentUnit
 from paystream_core.records import TransactionRecord
 from paystream_core.reports import (
     RECONCILED,
     Fail,
     Keep,
+    MarkUnknown,
     Report,
+    Resubmit,
     lookup_result,
+    mark_unknown,
     next_lookup_delay,
     reconcile,
+    resume_processing,
 )
-from paystream_core.statuses import Status, TransactionType
+from paystream_core.statuses import AttemptStatus, Status, TransactionType
 from paystream_core.transitions import transition
 from paystream_gateways.callbacks import callback_gateway
 from paystream_gateways.errors import GatewayError, GatewaySetupError
@@ -57,6 +69,11 @@ class _Target:
     connection_id: uuid.UUID
     gateway: str
     query: StatusQuery
+
+
+# What the reconciler looks up: transactions waiting for a provider or a customer, and those
+# a dead gateway worker left in the middle of a call.
+_LOOKED_AFTER = RECONCILED | {Status.PROCESSING}
 
 
 class Reconciler:
@@ -81,6 +98,9 @@ class Reconciler:
                 pending_age_s=s.reconciler_pending_age_s,
                 action_expiry_s=s.reconciler_action_expiry_s,
                 limit=s.reconciler_batch_size,
+            )
+            due += await unit.processing_due(
+                age_s=s.reconciler_processing_age_s, limit=s.reconciler_batch_size
             )
         limit = asyncio.Semaphore(s.reconciler_concurrency)
 
@@ -113,7 +133,10 @@ class Reconciler:
         result, found = await self._look_up(tenant_id, target)
         async with self.deps.store.unit(tenant_id) as unit:
             txn = (await unit.lock_transactions([txn_id]))[txn_id]
-            if txn.status in RECONCILED:
+            if target.status == Status.PROCESSING:
+                result = await self._resume(unit, txn, target, found, result)
+                txn = (await unit.lock_transactions([txn_id]))[txn_id]
+            elif txn.status in RECONCILED:
                 result = await self._conclude(unit, txn, target, found) or result
                 txn = (await unit.lock_transactions([txn_id]))[txn_id]
             else:
@@ -125,17 +148,23 @@ class Reconciler:
     async def _target(self, tenant_id: uuid.UUID, txn_id: uuid.UUID) -> _Target | None:
         async with self.deps.store.unit(tenant_id) as unit:
             txn = await unit.transaction(txn_id)
-            if txn is None or txn.status not in RECONCILED:
+            if txn is None or txn.status not in _LOOKED_AFTER:
                 return None
             attempts = (await unit.attempts([txn_id]))[txn_id]
+            stuck = txn.status == Status.PROCESSING
+            if stuck and (not attempts or attempts[-1].status != AttemptStatus.STARTED):
+                return None  # the worker finished the call or is recording the next one
             if not attempts:  # pending without an attempt cannot happen; say so
                 await self._book(unit, txn, "no_attempt")
                 return None
             attempt = attempts[-1]
+            # A started attempt has no reference of its own, and the transaction's may name
+            # an earlier attempt's payment: look it up by our key alone.
+            reference = attempt.provider_reference
+            if not stuck:
+                reference = reference or txn.provider_reference
             query = StatusQuery(
-                kind=txn.type,
-                idempotency_key=attempt.idempotency_key,
-                provider_reference=attempt.provider_reference or txn.provider_reference,
+                kind=txn.type, idempotency_key=attempt.idempotency_key, provider_reference=reference
             )
             return _Target(
                 txn.status,
@@ -194,12 +223,76 @@ class Reconciler:
                     await unit.add_anomalies([record])
                 return result
             case Report(outcome=outcome):
-                key = AttemptKey(target.connection_id, target.attempt_key, None)
-                [applied] = await apply_reports(
-                    unit, self.deps.metrics, SOURCE, [Incoming(key, outcome, None)]
+                return await self._report(unit, target, outcome)
+        raise AssertionError(decision)  # pragma: no cover
+
+    async def _report(self, unit: PaymentUnit, target: _Target, outcome: Outcome) -> str:
+        """Apply the provider's answer like a callback; the result name."""
+        key = AttemptKey(target.connection_id, target.attempt_key, None)
+        [applied] = await apply_reports(
+            unit, self.deps.metrics, SOURCE, [Incoming(key, outcome, None)]
+        )
+        assert applied is not None  # the attempt was read above and is kept
+        return lookup_result(applied.applied, applied.status, outcome)
+
+    async def _resume(
+        self,
+        unit: PaymentUnit,
+        txn: TransactionRecord,
+        target: _Target,
+        found: StatusResult | None,
+        looked_up: str,
+    ) -> str:
+        """A (locked) transaction left `processing` by a dead worker, after the lookup of its
+        started attempt (`looked_up` names how it went); the result name."""
+        if txn.status != Status.PROCESSING:
+            return f"already_{txn.status.value}"
+        newest = (await unit.attempts([txn.id], lock=True))[txn.id][-1]
+        if newest.idempotency_key != target.attempt_key or newest.status != AttemptStatus.STARTED:
+            # The worker finished this call, or fell back, while we asked: it carries on.
+            return "attempt_moved_on"
+        horizon = self.settings.reconciler_processing_horizon_s
+        decision = resume_processing(found, past_horizon=_older_than(newest.started_at, horizon))
+        now = datetime.now(UTC)
+        match decision:
+            case Report(outcome=outcome):
+                return await self._report(unit, target, outcome)
+            case Resubmit(result=result):
+                # Numbered by the lookup, so every resubmission is a new outbox event.
+                lookups = (await unit.reconciliation(txn.id)).lookups + 1
+                await unit.resubmit(
+                    [txn], source=SOURCE.event_source, at=now, nonce=f"lookup-{lookups}"
                 )
-                assert applied is not None  # the attempt was read above and is kept
-                return lookup_result(applied.applied, applied.status, outcome)
+                log.info(
+                    "transaction %s: attempt %d at %s was never finished (%s); its command is"
+                    " queued again for the gateway worker",
+                    txn.id,
+                    newest.seq,
+                    newest.gateway_code,
+                    result,
+                )
+                return result
+            case MarkUnknown(result=result):
+                detail = (
+                    f"the gateway worker never finished this call and no status lookup was"
+                    f" conclusive within {horizon:g}s (last: {looked_up})"
+                )
+                marked = mark_unknown(txn, newest, at=now, detail=detail)
+                assert marked is not None  # both checked above, under their locks
+                attempt, move = marked
+                await unit.save_attempts([attempt])
+                await unit.apply([move], source=SOURCE.event_source)
+                log.warning(
+                    "transaction %s stuck in processing: attempt %d at %s marked ambiguous and"
+                    " the transaction unknown (never failed: the call may have executed): %s",
+                    txn.id,
+                    newest.seq,
+                    newest.gateway_code,
+                    looked_up,
+                )
+                return f"{result}: {looked_up}"
+            case Keep(result=result):
+                return result or looked_up
         raise AssertionError(decision)  # pragma: no cover
 
     async def _book(self, unit: PaymentUnit, txn: TransactionRecord, result: str) -> None:

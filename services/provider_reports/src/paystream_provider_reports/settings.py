@@ -41,6 +41,16 @@ class ReconcilerSettings(DatabaseSettings):
     # Still received/processing without a change this long: the worker gave up on it
     # (its command was dead-lettered) or is stuck. Reported the same way.
     reconciler_stuck_processing_s: float = Field(default=900.0, ge=0)
+    # `processing` with a `started` attempt this old: the gateway worker died during the call
+    # and its command never came back. Looked up by the attempt's idempotency key. Above the
+    # worker's longest call (3 tries of 3 s connect + 15 s read with backoff, then its own
+    # lookup: about 75 s), so a live worker is never overtaken; a redelivered command
+    # normally redoes the call well before.
+    reconciler_processing_age_s: float = Field(default=120.0, ge=0)
+    # Still so this long after the attempt started (no conclusive lookup, or resubmitted
+    # commands the worker did not finish): `unknown`, resolved by the lookups above. Never
+    # failed on that alone: the call may have executed.
+    reconciler_processing_horizon_s: float = Field(default=900.0, ge=0)
     reconciler_backoff_base_s: float = Field(default=30.0, gt=0)
     reconciler_backoff_max_s: float = Field(default=3600.0, gt=0)
     reconciler_batch_size: int = Field(default=100, ge=1, le=10_000)
