@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, Self
@@ -161,6 +161,33 @@ class RestartReport:
         return "; ".join(parts) or "nothing stale left behind"
 
 
+@dataclass
+class _Recovery:
+    """What restarts since the server last ran have found and done."""
+
+    exit_code: int | None = None
+    cleared: list[str] = field(default_factory=list)
+    leftover_backends: int = 0
+    killed_backends: int = 0
+    attempts: int = 0
+
+    def add_cleared(self, names: list[str]) -> None:
+        self.cleared += [name for name in names if name not in self.cleared]
+
+    def add_backends(self, found_killed: tuple[int, int]) -> None:
+        self.leftover_backends += found_killed[0]
+        self.killed_backends += found_killed[1]
+
+    def report(self) -> RestartReport:
+        return RestartReport(
+            self.exit_code,
+            tuple(self.cleared),
+            self.leftover_backends,
+            self.killed_backends,
+            self.attempts,
+        )
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server on ``host:port`` using ``data_dir``, as a supervised child.
 
@@ -206,6 +233,7 @@ class EmbeddedPostgres:
         self._port: int | None = port
         self._process: ChildProcess | None = None
         self._run_as: _RunAs | None = None
+        self._recovery: _Recovery | None = None
 
     # -- properties --------------------------------------------------------------------
 
@@ -285,6 +313,7 @@ class EmbeddedPostgres:
         except BaseException:
             self.stop(timeout=5.0)
             raise
+        self._recovery = None
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -306,24 +335,31 @@ class EmbeddedPostgres:
         if self._port is None:
             raise RuntimeError("EmbeddedPostgres.restart() before start()")
         port = self._port
-        exit_code: int | None = None
+        # What an earlier restart() that failed already did counts for this one's report.
+        recovery = self._recovery or _Recovery()
+        self._recovery = recovery
         process, self._process = self._process, None
         if process is not None:
             # stop() reaps the leader (sending the fast-shutdown signal only if it still
             # runs) and closes its log handle.
-            exit_code = process.stop(timeout=30.0)
+            recovery.exit_code = process.stop(timeout=30.0)
+        if self._run_as is not None:
+            # The server user may have lost its way in meanwhile (e.g. a parent reset to
+            # 0700, as pytest does to /tmp/pytest-of-root on each run).
+            _make_traversable(self.bin_dir)
+            _make_traversable(self.data_dir.parent)
         owner, _ = read_lock_file(self.data_dir / "postmaster.pid")
         if owner is not None and is_postgres_for(owner, self.data_dir):
             raise EmbeddedStartError(
                 f"a PostgreSQL server (pid {owner}) is already running on {self.data_dir}"
             )
-        found, killed = reap_orphaned_backends(self.data_dir, grace=_ORPHAN_GRACE_S, abort=abort)
-        cleared: list[str] = []
+        recovery.add_backends(
+            reap_orphaned_backends(self.data_dir, grace=_ORPHAN_GRACE_S, abort=abort)
+        )
         deadline = time.monotonic() + self.timeout
-        attempt = 0
         while True:
-            attempt += 1
-            cleared += [name for name in self._clear_stale_locks(port) if name not in cleared]
+            recovery.attempts += 1
+            recovery.add_cleared(self._clear_stale_locks(port))
             self._prepare_socket_dir()
             try:
                 self._start_server(port, abort=abort)
@@ -337,14 +373,14 @@ class EmbeddedPostgres:
                 if abort is not None and abort.is_set():
                     raise
                 _log.warning("postgres found the old server's leftovers, retrying: %s", exc)
-                more, more_killed = reap_orphaned_backends(self.data_dir, grace=0.0, abort=abort)
-                found, killed = found + more, killed + more_killed
+                recovery.add_backends(reap_orphaned_backends(self.data_dir, grace=0.0, abort=abort))
                 if abort is not None:
                     abort.wait(0.2)
                 else:
                     time.sleep(0.2)
+        self._recovery = None
         self._create_database()
-        return RestartReport(exit_code, tuple(cleared), found, killed, attempt)
+        return recovery.report()
 
     def kill(self) -> None:
         """SIGKILL the server and all its backends (crash simulation; leaves postmaster.pid)."""
