@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from paystream_core import limits
+from paystream_core.countries import ISO_COUNTRIES
 from paystream_core.ids import PAYSTREAM_NAMESPACE
 from paystream_core.statuses import TransactionType
 from paystream_messaging.cloudevents_codec import Event, InvalidEvent
@@ -134,15 +136,48 @@ COMMAND_TYPES: Mapping[str, type[RequestDeposit]] = {
 
 
 def command_from_event(event: Event) -> Command:
-    """The command in a decoded (schema-valid) event; InvalidEvent if it is not one."""
+    """The command in a decoded (schema-valid) event; InvalidEvent if it is not one, or if
+    it holds what storage and the ledger cannot (`check_limits`)."""
+    command: Command
     if event.type == RequestDeposit.EVENT_TYPE:
-        return RequestDeposit(**RequestDeposit._fields(event.data))
-    if event.type == RequestWithdrawal.EVENT_TYPE:
+        command = RequestDeposit(**RequestDeposit._fields(event.data))
+    elif event.type == RequestWithdrawal.EVENT_TYPE:
         destination = event.data["destination"]
         try:
             ciphertext = base64.b64decode(destination["ciphertext"], validate=True)
         except (binascii.Error, ValueError):
             raise InvalidEvent("destination ciphertext is not base64") from None
         sealed = SealedDestination(ciphertext, destination["key_id"], destination["masked"])
-        return RequestWithdrawal(**RequestDeposit._fields(event.data), destination=sealed)
-    raise InvalidEvent(f"{event.type} is not a command this worker handles")
+        command = RequestWithdrawal(**RequestDeposit._fields(event.data), destination=sealed)
+    else:
+        raise InvalidEvent(f"{event.type} is not a command this worker handles")
+    check_limits(command)
+    return command
+
+
+def check_limits(command: Command) -> None:
+    """InvalidEvent unless the command fits storage and the ledger: a known currency and
+    country, an amount within its currency's ceiling, no control character or lone
+    surrogate in any string. The ingest API refuses all of this with 422; a command
+    produced straight to Kafka meets the same rules here, before anything is stored or
+    any provider is called, so the worker dead-letters it with this reason."""
+    try:
+        if command.country not in ISO_COUNTRIES:
+            raise limits.LimitError(f"country: {command.country!r} is not an ISO 3166-1 code")
+        limits.check_amount(command.amount_minor, command.currency)
+        texts = [
+            ("idempotency_key", command.idempotency_key),
+            ("account_id", command.account_id),
+            ("payment_method", command.payment_method or ""),
+        ]
+        for key, value in command.metadata.items():
+            texts += [("metadata key", key), (f"metadata.{key}", value)]
+        if isinstance(command, RequestWithdrawal):
+            texts += [
+                ("destination.key_id", command.destination.key_id),
+                ("destination.masked", command.destination.masked),
+            ]
+        for field_name, text in texts:
+            limits.check_text(field_name, text)
+    except limits.LimitError as exc:
+        raise InvalidEvent(f"beyond limits: {exc}") from None

@@ -212,8 +212,17 @@ class SchemaRegistry:
     def validate(self, event_type: str, data: object) -> None:
         """Raise ``SchemaViolation`` unless ``data`` matches ``event_type``'s schema."""
         validator = self._validator(event_type)
-        if self._fast[event_type].is_valid(data):
-            return
+        try:
+            if self._fast[event_type].is_valid(data):
+                return
+        except UnicodeEncodeError as exc:
+            # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 text can hold:
+            # neither PostgreSQL nor a provider could take it, so it is a violation here
+            # rather than a crash of whoever validates.
+            where = f"{exc.object[max(exc.start - 20, 0) : exc.start]!r}"
+            raise SchemaViolation(
+                event_type, (f"a string holds a lone surrogate after {where}",)
+            ) from None
         errors = sorted(validator.iter_errors(data), key=_error_order)
         if errors:
             messages = tuple(_describe(error) for error in errors[:_MAX_ERRORS])
