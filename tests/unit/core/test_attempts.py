@@ -20,6 +20,7 @@ from paystream_core.attempts import (
     after_lookup,
     failure_code,
     next_step,
+    redone,
     verdict,
 )
 from paystream_core.ids import attempt_idempotency_key
@@ -252,3 +253,21 @@ def test_a_found_outcome_is_the_answer(outcome: Outcome) -> None:
 )
 def test_failure_code_fits_the_outcome_schema(raw: str, code: str) -> None:
     assert failure_code(raw) == code
+
+
+def test_a_redo_refused_is_ambiguous_and_other_answers_stand() -> None:
+    refused = redone(NotExecutedCall("connect_failed", "connection refused"))
+    assert isinstance(refused, AmbiguousCall)
+    assert refused.reason == "redo_connect_failed"
+    assert isinstance(verdict(refused), Conclude), "never a fallback on its own"
+    for answer in (
+        Succeeded("ref"),
+        Pending("ref"),
+        Declined("card_declined", "no", False),
+        AmbiguousCall("timeout", "read timeout"),
+    ):
+        assert redone(answer) is answer
+    # Proven absent by a lookup, the redo's attempt may fall back after all.
+    proven = after_lookup(refused, NotFound(conclusive=True), "gw_a")
+    assert isinstance(verdict(proven), FallBack)
+    assert after_lookup(refused, NotFound(conclusive=False), "gw_a") is refused

@@ -338,6 +338,58 @@ async def test_a_started_attempt_is_redone_with_the_same_key(env: Env) -> None:
     assert env.store.outcomes(txn) == [("processing", 2), ("succeeded", 3)]
 
 
+async def _crashed_mid_call(env: Env) -> tuple[uuid.UUID, RawRecord]:
+    """A command whose attempt 1 at gw_a was started and never finished."""
+
+    def crash(request: PaymentRequest) -> Outcome:
+        raise RuntimeError("process killed mid-call")
+
+    env.gateway("gw_a", crash)
+    txn, record = env.command()
+    with pytest.raises(RuntimeError):
+        await env.run(record)
+    assert attempts(env, txn) == [(1, "gw_a", "started", None)]
+    return txn, record
+
+
+async def test_a_redo_refused_is_looked_up_not_a_fallback(env: Env) -> None:
+    """The first call may have executed: a redo refused before it ran proves nothing, so
+    the key is looked up, and the payment it finds stands (no second gateway is paid)."""
+    txn, record = await _crashed_mid_call(env)
+    a = env.gateway("gw_a", refused)
+    a.lookup = lambda q: Succeeded(f"ref-{q.idempotency_key}")
+    b = env.gateway("gw_b", ok)
+    await env.run(record)
+    assert env.store.status(txn) == Status.SUCCEEDED
+    assert b.calls == []
+    assert attempts(env, txn) == [(1, "gw_a", "succeeded", None)]
+    assert env.balance() == (1000, 0)
+
+
+async def test_a_redo_refused_and_proven_absent_falls_back(env: Env) -> None:
+    txn, record = await _crashed_mid_call(env)
+    a = env.gateway("gw_a", refused)
+    a.lookup = lambda q: NotFound(conclusive=True)
+    b = env.gateway("gw_b", ok)
+    await env.run(record)
+    assert env.store.status(txn) == Status.SUCCEEDED
+    assert b.calls == [f"ps-{txn}-2"]
+    assert [s for _, _, s, _ in attempts(env, txn)] == ["not_executed", "succeeded"]
+
+
+async def test_a_redo_refused_without_an_answer_is_unknown(env: Env) -> None:
+    """No proof either way: `unknown` (the reconciler's lookups take over), never a second
+    gateway while the first call may have moved the money."""
+    txn, record = await _crashed_mid_call(env)
+    a = env.gateway("gw_a", refused)
+    a.lookup = lambda q: NotFound(conclusive=False)
+    b = env.gateway("gw_b", ok)
+    await env.run(record)
+    assert env.store.status(txn) == Status.UNKNOWN
+    assert b.calls == []
+    assert attempts(env, txn) == [(1, "gw_a", "ambiguous", "redo_connect_failed")]
+
+
 # --- batches -------------------------------------------------------------------------------
 
 

@@ -169,6 +169,19 @@ def _failed(
     return AttemptResult(status, reference, error_class, code, message[:MAX_ERROR_MESSAGE])
 
 
+def redone(result: CallResult) -> CallResult:
+    """The answer to a redone attempt (one started before and never finished). Its first
+    call may have reached the provider, so a redo refused before it executed (connection
+    refused, breaker open) proves nothing about that first call: it is ambiguous, to be
+    looked up by the key, never a reason to fall back."""
+    if isinstance(result, NotExecutedCall):
+        return AmbiguousCall(
+            f"redo_{result.reason}",
+            f"the redo was not executed ({result.message}); the first call may have been",
+        )
+    return result
+
+
 def after_lookup(error: AmbiguousCall, found: StatusResult | None, gateway: str) -> CallResult:
     """An ambiguous call, once the provider was asked what it did with our key (`found` is
     None when the lookup itself failed). Only a conclusive "not there" proves that the

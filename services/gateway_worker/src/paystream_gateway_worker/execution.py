@@ -32,6 +32,7 @@ from paystream_core.attempts import (
     Redo,
     after_lookup,
     next_step,
+    redone,
     verdict,
 )
 from paystream_core.outcomes import AmbiguousCall, CallResult, NotExecutedCall
@@ -72,6 +73,7 @@ class Plan:
     connection_id: uuid.UUID
     request: PaymentRequest
     kind: TransactionType
+    redo: bool = False  # the attempt was started before (a crash, a redelivery)
 
 
 async def execute(deps: WorkerDeps, work: Sequence[Work]) -> None:
@@ -138,7 +140,12 @@ async def plan_attempts(
                 case Redo(attempt=attempt):
                     plans.append(
                         _plan_of(
-                            deps, txn, attempt.seq, attempt.gateway_code, attempt.connection_id
+                            deps,
+                            txn,
+                            attempt.seq,
+                            attempt.gateway_code,
+                            attempt.connection_id,
+                            redo=True,
                         )
                     )
                 case NewAttempt(seq=seq, candidate=candidate, idempotency_key=key):
@@ -191,7 +198,13 @@ async def candidates_for(unit: PaymentUnit, txn: TransactionRecord) -> list[Cand
 
 
 def _plan_of(
-    deps: WorkerDeps, txn: TransactionRecord, seq: int, gateway: str, connection: uuid.UUID
+    deps: WorkerDeps,
+    txn: TransactionRecord,
+    seq: int,
+    gateway: str,
+    connection: uuid.UUID,
+    *,
+    redo: bool = False,
 ) -> Plan:
     request = PaymentRequest.for_attempt(
         txn.id,
@@ -205,7 +218,7 @@ def _plan_of(
         metadata=txn.metadata,
         tenant_id=txn.tenant_id,
     )
-    return Plan(txn.tenant_id, txn.id, seq, gateway, connection, request, txn.type)
+    return Plan(txn.tenant_id, txn.id, seq, gateway, connection, request, txn.type, redo)
 
 
 def _destination(deps: WorkerDeps, txn: TransactionRecord) -> dict[str, Any] | None:
@@ -239,7 +252,12 @@ async def _call(deps: WorkerDeps, plan: Plan) -> CallResult:
         )
     except NotExecuted as exc:
         deps.metrics.attempts.labels(plan.gateway, f"not_executed_{exc.reason}").inc()
-        return NotExecutedCall(str(exc.reason), exc.message)
+        refused = NotExecutedCall(str(exc.reason), exc.message)
+        unsure = redone(refused) if plan.redo else refused
+        if not isinstance(unsure, AmbiguousCall):
+            return unsure
+        found = await _look_up(gateway, kind, request)
+        return after_lookup(unsure, found, plan.gateway)
     except Ambiguous as exc:
         deps.metrics.attempts.labels(plan.gateway, "ambiguous").inc()
         found = await _look_up(gateway, kind, request)
