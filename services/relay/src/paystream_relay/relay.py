@@ -10,7 +10,9 @@ rows, not the locked shard rows, so it does not wait for the claim), and only th
 next chunk produced. Per-key order holds, and a crash at any point (kill -9, the database
 lost mid-batch, a Kafka failure) leaves the chunks before it marked, so at most the one
 chunk in flight is republished, with the same CloudEvent ids. Delivery is at-least-once,
-never lost: consumers dedupe on the `ce_id` header.
+never lost: consumers dedupe on the `ce_id` header. (The marks are committed without
+waiting for the WAL flush: a PostgreSQL crash can lose the last ones, which only
+republishes those chunks.)
 
 A database that goes away is an outage, not a crash: the relay logs one warning, reconnects
 its connections with a capped backoff, and resumes from what the outbox says is unpublished
