@@ -35,6 +35,7 @@ from paystream_gateways.errors import (
     NotExecuted,
     NotExecutedReason,
 )
+from paystream_gateways.json_safety import parse_json
 from paystream_gateways.protocol import (
     ActionRequired,
     CallbackEvent,
@@ -189,7 +190,7 @@ class JsonGateway:
         )
         response, raw = await send(self._client, PROVIDER, req, self._options.max_response_bytes)
         try:
-            payload = json.loads(raw) if raw else {}
+            payload = parse_json(raw) if raw else {}
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
@@ -252,7 +253,7 @@ class JsonGateway:
 
     def parse_callback(self, body: bytes) -> CallbackEvent:
         try:
-            event = json.loads(body)
+            event = parse_json(body)
             data = event["data"]
             kind = _KINDS.get(data["object"])
             if kind is None:

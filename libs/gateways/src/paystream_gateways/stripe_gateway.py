@@ -9,7 +9,6 @@ SDK would otherwise invent random keys).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from paystream_gateways.errors import (
     NotExecuted,
     NotExecutedReason,
 )
+from paystream_gateways.json_safety import parse_json
 from paystream_gateways.protocol import (
     ActionRequired,
     CallbackEvent,
@@ -290,7 +290,7 @@ class StripeGateway:
 
     def parse_callback(self, body: bytes) -> CallbackEvent:
         try:
-            event = json.loads(body)
+            event = parse_json(body)
             obj = event["data"]["object"]
             object_type = obj["object"]
             event_id, event_type = str(event["id"]), str(event["type"])

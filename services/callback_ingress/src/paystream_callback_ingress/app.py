@@ -8,14 +8,17 @@ about a callback is acted on here: the callback worker does that from the topic.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from paystream_callback_ingress.deps import IngressDeps
+from paystream_callback_ingress.openapi import build_openapi
 from paystream_callback_ingress.problems import Problem
 from paystream_gateways.callbacks import callback_gateway
 from paystream_gateways.errors import CallbackRejected, ConnectionNotFound, GatewaySetupError
@@ -42,6 +45,8 @@ SOURCE = "/paystream/callback-ingress"
 # else (cookies, proxies' forwarding headers, auth of other systems) is dropped.
 _KEPT_HEADERS = frozenset({"content-type", "user-agent", "soapaction", "request-id"})
 _MAX_HEADER_VALUE = 8192
+# The gateway codes of the schemas (paystream.transaction.common.json#/$defs/gateway).
+GATEWAY_CODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def create_app(deps: IngressDeps) -> FastAPI:
@@ -78,6 +83,12 @@ def create_app(deps: IngressDeps) -> FastAPI:
         registry=deps.metrics.registry,
     )
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app, GATEWAY_CODE.pattern)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(
         MetricsMiddleware,
         requests=deps.metrics.requests,
@@ -93,14 +104,17 @@ async def _receive(deps: IngressDeps, request: Request, gateway: str, raw_id: st
         connection_id = uuid.UUID(raw_id)
     except ValueError:
         connection_id = None
+    # A gateway code that no gateway can have (a NUL would even fail the lookup's query)
+    # is an unknown connection like any other.
+    known_shape = GATEWAY_CODE.fullmatch(gateway) is not None
     tenant = (
         None
-        if connection_id is None
+        if connection_id is None or not known_shape
         else await deps.tenants.tenant_of(deps.sessions, connection_id, gateway)
     )
     if connection_id is None or tenant is None:
         deps.metrics.callbacks.labels("unknown", "unknown_connection").inc()
-        log.warning("callback for unknown connection %s/%s refused", gateway[:64], raw_id[:64])
+        log.warning("callback for unknown connection %r/%r refused", gateway[:64], raw_id[:64])
         raise Problem("unknown-connection", f"no connection {raw_id!r} for gateway {gateway!r}")
     try:
         _, client = await callback_gateway(deps.gateways, deps.connections, tenant, connection_id)
