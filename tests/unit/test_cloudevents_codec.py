@@ -482,3 +482,13 @@ def _fields(event: Event) -> dict[str, Any]:
 
 def _parts(record: KafkaRecord) -> tuple[bytes, bytes, Headers]:
     return record.key, record.value, record.headers
+
+
+@pytest.mark.parametrize("headers", ["binary", "structured"])
+def test_a_record_nested_past_the_parser_is_not_json_not_a_crash(
+    record: KafkaRecord, registry: SchemaRegistry, headers: str
+) -> None:
+    value = b"[" * 5000 + b"]" * 5000
+    chosen = record.headers if headers == "binary" else STRUCTURED_HEADERS
+    reason = reason_of(EventNotJSON, registry, record.key, value, chosen)
+    assert "nested too deeply" in reason

@@ -32,10 +32,14 @@ class CallbackReceived:
 
     def encoded_body(self) -> tuple[str, str]:
         """(body, body_encoding) as the schema carries them."""
-        try:
-            return self.body.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            return base64.b64encode(self.body).decode(), "base64"
+        # NUL is valid UTF-8 but no PostgreSQL text column can hold it (the callback log):
+        # such a body travels, and is stored, as base64 like any other non-text body.
+        if b"\x00" not in self.body:
+            try:
+                return self.body.decode("utf-8"), "utf-8"
+            except UnicodeDecodeError:
+                pass
+        return base64.b64encode(self.body).decode(), "base64"
 
     def event_id(self) -> str:
         """The same delivery of the same body gets the same CloudEvent id (provider retries

@@ -335,6 +335,10 @@ def _parse_json(value: bytes, what: str) -> Any:
         raise EventNotJSON(f"{what} is not JSON: not valid UTF-8 ({exc})") from None
     except json.JSONDecodeError as exc:
         raise EventNotJSON(f"{what} is not JSON: {exc}") from None
+    except RecursionError:
+        # The C decoder recurses per level and stops cleanly near a thousand; no event of
+        # ours nests beyond a few levels, so the record is bad, not the worker.
+        raise EventNotJSON(f"{what} is not JSON paystream can read: nested too deeply") from None
 
 
 def _json_type(value: object) -> str:
