@@ -40,5 +40,7 @@ def test_openapi_documents_every_response(ingest_env: IngestEnv) -> None:
     withdrawal = doc["components"]["schemas"]["WithdrawalRequest"]
     assert "destination" in withdrawal["required"]
     get = doc["paths"]["/v1/transactions/{transaction_id}"]["get"]
-    assert set(get["responses"]) == {"200", "401", "404"}
+    assert set(get["responses"]) == {"200", "401", "404", "503"}
+    assert "Retry-After" in get["responses"]["503"]["headers"]
+    assert "service-unavailable" in post["responses"]["503"]["description"]
     assert doc["paths"]["/readyz"]["get"]["responses"]["503"]

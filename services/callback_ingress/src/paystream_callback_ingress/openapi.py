@@ -50,7 +50,7 @@ def build_openapi(app: FastAPI, gateway_pattern: str) -> dict[str, Any]:
         "405": _problem("method-not-allowed"),
         "413": _problem("payload-too-large"),
         "503": {
-            **_problem("broker-unavailable", "connection-unavailable"),
+            **_problem("broker-unavailable", "connection-unavailable", "service-unavailable"),
             "headers": retry,
         },
     }

@@ -49,7 +49,12 @@ def create_app(deps: IngestDeps) -> FastAPI:
         redoc_url=None,
     )
 
-    install_problem_handlers(app, Problem, unavailable=TRANSIENT_DB_ERRORS)
+    install_problem_handlers(
+        app,
+        Problem,
+        unavailable=TRANSIENT_DB_ERRORS,
+        retry_after_s=deps.settings.ingest_retry_after_s,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:

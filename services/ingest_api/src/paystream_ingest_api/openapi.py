@@ -174,6 +174,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         "unsupported-media-type",
         "validation-error",
         "broker-unavailable",
+        "service-unavailable",
     )
     for path, model in (
         ("/v1/deposits", "DepositRequest"),
@@ -195,7 +196,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     ):
         op = paths[path]["get"]
         op["security"] = [{"bearer": []}]
-        op["responses"] = _responses(("200", "OK", schema), "unauthorized", "not-found")
+        op["responses"] = _responses(
+            ("200", "OK", schema), "unauthorized", "not-found", "service-unavailable"
+        )
         for parameter in op["parameters"]:
             parameter["schema"] = dict(_PATH_PARAMETERS[parameter["name"]])
     paths["/healthz"]["get"]["responses"] = _responses(("200", "Process is alive", "Health"))
