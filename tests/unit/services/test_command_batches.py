@@ -135,3 +135,28 @@ async def test_work_cut_off_by_a_shutdown_is_not_acked(env: Env) -> None:
     assert env.store.status(txn) == Status.PROCESSING
     [attempt] = env.store.attempts_of(txn)
     assert attempt.status == AttemptStatus.STARTED
+
+
+async def test_a_poison_record_is_dead_lettered_before_its_accounts_next_command(
+    env: Env,
+) -> None:
+    """The batch is cut at the poison: what comes after it for the same account is stored
+    only once its dead letter went out (and is not sent twice when a part fails)."""
+    env.gateway("gw_a", ok)
+    _, before = env.command(account="acc-1")
+    poison = RawRecord("commands", 0, 10_000, b"acc-1", b"not json", before.headers)
+    after_txn, after = env.command(account="acc-1")
+    other_txn, other = env.command(account="acc-2")
+    seen_at_dead_letter: list[bool] = []
+    send = env.dead.send
+
+    async def send_and_look(record: RawRecord, reason: str) -> None:
+        seen_at_dead_letter.append(after_txn in env.store.state.transactions)
+        await send(record, reason)
+
+    env.dead.send = send_and_look  # type: ignore[method-assign]
+    await _drive(env, [before, poison, after, other], lambda a: len(a.offsets) == 4)
+    assert env.dead.reasons == ["invalid_event"]
+    assert seen_at_dead_letter == [False], "the account's next command waited for it"
+    assert env.store.status(after_txn) == Status.SUCCEEDED
+    assert env.store.status(other_txn) == Status.SUCCEEDED

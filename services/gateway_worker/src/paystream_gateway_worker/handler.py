@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.execution import run
-from paystream_gateway_worker.intake import intake
+from paystream_gateway_worker.intake import OutOfPlace, intake
 from paystream_gateway_worker.rejections import reject_dead_lettered
 from paystream_messaging.async_publisher import PublishFailed
 from paystream_storage.errors import TRANSIENT_DB_ERRORS
@@ -40,5 +40,11 @@ async def handle(deps: WorkerDeps, record: RawRecord) -> None:
 
 
 async def process(deps: WorkerDeps, records: Sequence[RawRecord]) -> None:
-    accepted = await intake(deps, records)
+    try:
+        accepted = await intake(deps, records)
+    except OutOfPlace as cut:  # never for one record; see pipeline.py for batches
+        i = cut.index
+        for part in (records[:i], records[i : i + 1], records[i + 1 :]):
+            await process(deps, part)
+        return
     await run(deps, [a.plan for a in accepted if a.plan is not None])

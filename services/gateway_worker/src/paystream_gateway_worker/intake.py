@@ -32,6 +32,16 @@ NO_GATEWAY = "no_gateway_available"
 INSUFFICIENT_FUNDS = ("insufficient_funds", "available balance is lower than the withdrawal")
 
 
+class OutOfPlace(Exception):
+    """Record `index` of the batch is to be dead-lettered and a later record of the batch
+    has the same key (account): stored in this batch, that one would apply before the
+    dead letter went out. Raised before the unit at hand commits, so it rolls back."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"record {index} of the batch must be dead-lettered in its place")
+        self.index = index
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """The command's transaction is stored; `plan` is its attempt to make now (None: it is
@@ -48,7 +58,13 @@ async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepte
     """Store the commands' transactions (or find them again on redelivery) and record
     their first attempts, in one database transaction per tenant; returns what to execute.
     Records that cannot be stored go to the dead-letter topic with the reason, after the
-    database transaction committed."""
+    database transaction committed.
+
+    OutOfPlace when a record to dead-letter is followed in the batch by a record of its
+    account: the caller cuts the batch there (those before it, then it alone, then the
+    rest), so the account's commands apply in offset order with the dead letter in its
+    place. It costs a unit or two more only when a poison record shares a batch with its
+    account."""
     by_tenant: dict[uuid.UUID, list[tuple[RawRecord, Command]]] = {}
     invalid: list[tuple[RawRecord, str]] = []
     for record in records:
@@ -59,6 +75,7 @@ async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepte
             invalid.append((record, f"invalid_event: {exc.reason}"))
             continue
         by_tenant.setdefault(command.tenant_id, []).append((record, command))
+    _in_place(records, invalid)
     accepted: list[Accepted] = []
     dead = invalid
     for tenant_id, commands in by_tenant.items():
@@ -76,6 +93,7 @@ async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepte
             else:
                 stored = []
                 problems = [(r, f"unknown_tenant: no tenant {tenant_id}") for r, _ in commands]
+            _in_place(records, problems)  # raised inside the unit: it rolls back
         accepted.extend(stored)
         dead.extend(problems)
     # Only once every unit committed: a batch retried after a failure would send them again.
@@ -85,6 +103,21 @@ async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepte
         await reject_dead_lettered(deps, record, problem)
         await _dead_letter(deps, record, problem)
     return accepted
+
+
+def _in_place(records: Sequence[RawRecord], dead: Sequence[tuple[RawRecord, str]]) -> None:
+    """OutOfPlace for the first record to dead-letter that a later record of its key
+    follows in this batch (its dead letter would go out after that one applied)."""
+    if not dead or len(records) < 2:
+        return
+    index = {id(r): i for i, r in enumerate(records)}
+    cuts = [
+        index[id(r)]
+        for r, _ in dead
+        if any(later.key == r.key for later in records[index[id(r)] + 1 :])
+    ]
+    if cuts:
+        raise OutOfPlace(min(cuts))
 
 
 async def _store(

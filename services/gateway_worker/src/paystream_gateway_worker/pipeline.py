@@ -20,7 +20,7 @@ from typing import Any
 from paystream_gateway_worker.deps import WorkerDeps
 from paystream_gateway_worker.execution import Work, execute, run
 from paystream_gateway_worker.handler import RETRY
-from paystream_gateway_worker.intake import Accepted, intake
+from paystream_gateway_worker.intake import Accepted, OutOfPlace, intake
 from paystream_gateway_worker.rejections import reject_dead_lettered
 from paystream_streams.batching import Batches
 from paystream_streams.handling import handle_record
@@ -48,6 +48,13 @@ async def take_in(deps: WorkerDeps, batches: Batches) -> None:
 async def _intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepted]:
     try:
         return await intake(deps, records)
+    except OutOfPlace as cut:
+        # Each part with its own fallback: a part that fails after another part's dead
+        # letters went out must not send them again.
+        i = cut.index
+        before = await _intake(deps, records[:i])
+        alone = await _one(deps, records[i], _intake_one(deps, records[i])) or []
+        return before + alone + await _intake(deps, records[i + 1 :])
     except Exception:
         log.exception("intake of a batch of %d failed; one by one now", len(records))
     accepted: list[Accepted] = []
