@@ -127,7 +127,8 @@ def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
         for k, v in os.environ.items()
         if k not in ("PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_DATABASE_URL")
     }
-    env.update(
+    # Test-friendly defaults; a test's own settings win.
+    defaults = dict(
         PAYSTREAM_HOME=str(tmp / "home"),
         PAYSTREAM_DEV_API_PORT=str(free_port()),
         PAYSTREAM_DEV_CALLBACK_PORT=str(free_port()),
@@ -139,8 +140,8 @@ def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
         PAYSTREAM_WORKER_RETRY_BASE_S="0.05",
         PAYSTREAM_SANDBOX_TIMEOUT_HOLD_MS="3000",
         PAYSTREAM_SANDBOX_CALLBACK_DELAY_MS="50",
-        **settings,
     )
+    env.update({**defaults, **settings})
     log = (tmp / "dev.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "paystream_cli.main", "dev"],
