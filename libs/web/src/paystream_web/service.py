@@ -37,7 +37,7 @@ def install_problem_handlers(
     app: FastAPI,
     problem: type[Problem],
     *,
-    unavailable: tuple[type[BaseException], ...] = (),
+    unavailable: tuple[type[BaseException], ...] = (),  # TRANSIENT_DB_ERRORS' type
     retry_after_s: int = RETRY_AFTER_S,
 ) -> None:
     """Every error leaves as problem+json: ours, routing's 404/405, crashes (500), and the
@@ -73,7 +73,8 @@ def install_problem_handlers(
         return down.response(request.url.path)
 
     for error in unavailable:
-        app.add_exception_handler(error, _unavailable)
+        if issubclass(error, Exception):  # Starlette handles Exception subclasses only
+            app.add_exception_handler(error, _unavailable)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
