@@ -28,6 +28,7 @@ from urllib.parse import quote
 from paystream_core.statuses import TransactionType
 from paystream_gateways import signing
 from paystream_gateways.credentials import Credentials
+from paystream_gateways.destinations import BANK, destination_type, unsupported
 from paystream_gateways.errors import (
     Ambiguous,
     AmbiguousReason,
@@ -116,6 +117,9 @@ class JsonGateway:
         return await self._create(TransactionType.DEPOSIT, request)
 
     async def withdraw(self, request: PaymentRequest) -> Outcome:
+        kind = destination_type(request.destination)
+        if kind not in (BANK, None):  # a Stripe connected account: not reachable from here
+            return unsupported(PROVIDER, kind, BANK)
         return await self._create(TransactionType.WITHDRAWAL, request)
 
     async def _create(self, kind: TransactionType, request: PaymentRequest) -> Outcome:

@@ -29,6 +29,7 @@ from xml.etree.ElementTree import Element
 from paystream_core.statuses import TransactionType
 from paystream_gateways import signing
 from paystream_gateways.credentials import Credentials
+from paystream_gateways.destinations import BANK, destination_type, unsupported
 from paystream_gateways.errors import (
     Ambiguous,
     AmbiguousReason,
@@ -154,6 +155,9 @@ class SoapGateway:
         return await self._create(TransactionType.DEPOSIT, request)
 
     async def withdraw(self, request: PaymentRequest) -> Outcome:
+        kind = destination_type(request.destination)
+        if kind not in (BANK, None):  # a Stripe connected account: not reachable from here
+            return unsupported(PROVIDER, kind, BANK)
         return await self._create(TransactionType.WITHDRAWAL, request)
 
     async def _create(self, kind: TransactionType, request: PaymentRequest) -> Outcome:

@@ -1,8 +1,11 @@
 """Stripe, through the official SDK's async client.
 
 Deposits are PaymentIntents created and confirmed in one call; withdrawals are Transfers
-to the user's connected account (`acct_...`), grouped by our key so a lookup by
-`transfer_group` is a strongly consistent "did this attempt execute?". Every write carries
+to the user's connected account (a `stripe_account` destination, `acct_...`), grouped by
+our key so a lookup by `transfer_group` is a strongly consistent "did this attempt
+execute?" (and `metadata.paystream_reference` names the attempt in webhooks). Bank details
+are declined before any call (`destination_unsupported`, retry elsewhere): Stripe moves
+money to connected accounts, not to IBANs. Every write carries
 our Idempotency-Key; the SDK's own retries are off (the caller owns retry policy, and the
 SDK would otherwise invent random keys).
 """
@@ -19,6 +22,13 @@ import stripe
 
 from paystream_core.statuses import TransactionType
 from paystream_gateways.credentials import Credentials
+from paystream_gateways.destinations import (
+    BANK,
+    STRIPE_ACCOUNT,
+    destination_type,
+    stripe_account,
+    unsupported,
+)
 from paystream_gateways.errors import (
     Ambiguous,
     AmbiguousReason,
@@ -113,6 +123,17 @@ def transfer_outcome(transfer: Mapping[str, Any]) -> Outcome:
     return Succeeded(tr_id)  # transfers move the money synchronously
 
 
+def _connected_account(destination: Mapping[str, str] | None) -> str | None:
+    """The connected account to pay: a `stripe_account` destination (what the API seals),
+    or the `stripe_account` field that destinations built by callers other than the API
+    carried next to bank details before the typed destination existed (the adapter
+    contract tests still do). The caller's metadata is never a destination: it is stored
+    readable, and the destination must stay sealed."""
+    if destination is not None and destination_type(destination) == BANK:
+        return destination.get(STRIPE_ACCOUNT) or None
+    return stripe_account(destination)
+
+
 def _decline_or_raise(exc: stripe.StripeError, *, withdrawal: bool = False) -> Declined:
     """Classify an SDK error: return a Declined when it is a decline, raise otherwise."""
     status = exc.http_status
@@ -202,15 +223,11 @@ class StripeGateway:
         return intent_outcome(intent.to_dict())
 
     async def withdraw(self, request: PaymentRequest) -> Outcome:
-        destination = (request.destination or {}).get("stripe_account") or request.metadata.get(
-            "stripe_account"
-        )
-        if not destination:
-            return _declined(
-                "destination_unsupported",
-                "stripe withdrawals need the user's connected account (stripe_account)",
-                None,
-            )
+        destination = _connected_account(request.destination)
+        if destination is None:
+            # Bank details: Stripe pays out only to connected accounts (a Transfer); another
+            # gateway can take it. Nothing was sent, so the fallback is safe.
+            return unsupported(PROVIDER, destination_type(request.destination), STRIPE_ACCOUNT)
         params: stripe.params.TransferCreateParams = {
             "amount": request.amount_minor,
             "currency": request.currency.lower(),

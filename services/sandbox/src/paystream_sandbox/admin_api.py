@@ -11,6 +11,7 @@ GET  /_sandbox/ledger                   ?provider&reference&idempotency_key&kind
 GET  /_sandbox/callbacks                ?provider&reference&event_id
 GET  /_sandbox/redirect/{provider}/{id} ?result=succeeded|failed  (the customer's 3-D Secure)
 POST /_sandbox/settle/{provider}/{id}   {result: succeeded|failed, code?}
+POST /_sandbox/reverse/stripe/{id}      reverse a Stripe transfer (webhook transfer.reversed)
 """
 
 from __future__ import annotations
@@ -150,6 +151,18 @@ def router(sandbox: Sandbox) -> APIRouter:
             sandbox.transition(payment, "succeeded")
         else:
             sandbox.transition(payment, "declined", body.code)
+        return payment.ledger_entry()
+
+    @api.post("/reverse/{provider}/{payment_id}")
+    async def reverse(provider: str, payment_id: str) -> dict[str, Any]:
+        payment = sandbox.payments.get(payment_id)
+        if payment is None or payment.provider != _provider(provider):
+            raise HTTPException(404, "no such payment")
+        if provider != "stripe" or payment.kind != "withdrawal":
+            raise HTTPException(409, "only Stripe transfers can be reversed")
+        if payment.status != "succeeded":
+            raise HTTPException(409, f"payment is {payment.status}, not succeeded")
+        sandbox.reverse(payment)
         return payment.ledger_entry()
 
     return api

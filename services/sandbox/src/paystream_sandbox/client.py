@@ -115,3 +115,8 @@ class SandboxAdmin:
             self._http.post(f"/settle/{provider}/{payment_id}", json=body)
         )
         return result
+
+    def reverse_transfer(self, transfer_id: str) -> dict[str, Any]:
+        """Reverse a Stripe transfer: the sandbox then sends `transfer.reversed`."""
+        result: dict[str, Any] = self._ok(self._http.post(f"/reverse/stripe/{transfer_id}"))
+        return result

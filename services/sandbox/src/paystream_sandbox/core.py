@@ -98,6 +98,10 @@ class Payment:
             "status": self.status,
             "failure_code": self.failure_code,
             "created": self.created,
+            # Where a payout went when the provider names an account (a Stripe connected
+            # account); bank details are not echoed.
+            "destination": self.destination.get("account"),
+            "reversed": self.extra.get("reversed") == "true",
         }
 
 
@@ -373,6 +377,14 @@ class Sandbox:
         payment.status = status
         payment.failure_code = code if status == "declined" else None
         payment.settle_to = None
+        self.emit(payment)
+
+    def reverse(self, payment: Payment) -> None:
+        """Take a succeeded payout back (a Stripe transfer reversal): its status stays
+        succeeded (it did execute), the provider's object says reversed, a callback tells."""
+        if payment.extra.get("reversed") == "true":
+            return
+        payment.extra["reversed"] = "true"
         self.emit(payment)
 
     def find(self, provider: str, account: str, **match: str) -> list[Payment]:

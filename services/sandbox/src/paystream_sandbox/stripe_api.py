@@ -169,11 +169,22 @@ def _intent(p: Payment) -> dict[str, Any]:
 
 
 def _transfer(p: Payment) -> dict[str, Any]:
+    reversed_ = p.extra.get("reversed") == "true"
+    reversals = [
+        {
+            "id": p.extra.get("reversal", ""),
+            "object": "transfer_reversal",
+            "amount": p.amount_minor,
+            "currency": p.currency,
+            "transfer": p.id,
+            "metadata": {},
+        }
+    ]
     return {
         "id": p.id,
         "object": "transfer",
         "amount": p.amount_minor,
-        "amount_reversed": 0,
+        "amount_reversed": p.amount_minor if reversed_ else 0,
         "balance_transaction": p.extra.get("balance_transaction"),
         "created": p.created,
         "currency": p.currency,
@@ -183,12 +194,12 @@ def _transfer(p: Payment) -> dict[str, Any]:
         "metadata": p.metadata,
         "reversals": {
             "object": "list",
-            "data": [],
+            "data": reversals if reversed_ else [],
             "has_more": False,
-            "total_count": 0,
+            "total_count": 1 if reversed_ else 0,
             "url": f"/v1/transfers/{p.id}/reversals",
         },
-        "reversed": False,
+        "reversed": reversed_,
         "source_transaction": None,
         "transfer_group": p.extra.get("transfer_group"),
     }
@@ -206,8 +217,15 @@ def _decline_message(code: str | None) -> str:
     return f"Your card was declined ({code})."
 
 
+def _transfer_event(p: Payment) -> str:
+    # Stripe's transfer events: transfer.created (the money moved: transfers settle
+    # synchronously), transfer.reversed (taken back), transfer.updated (description or
+    # metadata edited; the sandbox never edits). There is no transfer.paid or .failed.
+    return "transfer.reversed" if p.extra.get("reversed") == "true" else "transfer.created"
+
+
 def render_event(p: Payment) -> tuple[str, str, bytes]:
-    event_type = _EVENT_TYPE[p.status] if p.kind == "deposit" else "transfer.created"
+    event_type = _EVENT_TYPE[p.status] if p.kind == "deposit" else _transfer_event(p)
     event_id = new_id("evt_")
     event = {
         "id": event_id,
@@ -445,6 +463,7 @@ def router(sandbox: Sandbox) -> APIRouter:
                 extra={
                     "transfer_group": str(params.get("transfer_group") or ""),
                     "balance_transaction": new_id("txn_"),
+                    "reversal": new_id("trr_"),
                 },
             )
             # Transfers settle synchronously: pending or action outcomes do not apply.
