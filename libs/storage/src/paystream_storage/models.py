@@ -382,3 +382,45 @@ class ConfigVersion(Base):
 
 
 OUTBOX_SHARDS = 16
+
+
+class DeadLetterRedrive(Base):
+    """A dead letter sent back to its original topic by `paystream dead-letters redrive`:
+    claimed first, `published_*` once Kafka acknowledged it, `failure` if it did not."""
+
+    __tablename__ = "dead_letter_redrives"
+    __table_args__ = (
+        Index(
+            "ix_dead_letter_redrives_dead_letter",
+            "dead_letter_topic",
+            "dead_letter_partition",
+            "dead_letter_offset",
+        ),
+        # The same failed record is redriven once, unless forced or the send failed.
+        Index(
+            "uq_dead_letter_redrives_once",
+            "original_topic",
+            "original_partition",
+            "original_offset",
+            "record_digest",
+            unique=True,
+            postgresql_where=text("NOT forced AND failure IS NULL"),
+        ),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    dead_letter_topic: Mapped[str] = mapped_column(String(255))
+    dead_letter_partition: Mapped[int] = mapped_column(Integer)
+    dead_letter_offset: Mapped[int] = mapped_column(BigInteger)
+    original_topic: Mapped[str] = mapped_column(String(255))
+    original_partition: Mapped[int] = mapped_column(Integer)
+    original_offset: Mapped[int] = mapped_column(BigInteger)
+    record_digest: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    redrive_count: Mapped[int] = mapped_column(Integer)
+    forced: Mapped[bool] = mapped_column(Boolean)
+    redriven_by: Mapped[str] = mapped_column(String(255))
+    claimed_at: Mapped[datetime] = _now()
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    published_partition: Mapped[int | None] = mapped_column(Integer)
+    published_offset: Mapped[int | None] = mapped_column(BigInteger)
+    failure: Mapped[str | None] = mapped_column(Text)

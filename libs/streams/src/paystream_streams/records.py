@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.cloudevents_codec import KafkaRecord
+from paystream_messaging.dead_letters import dead_letter_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,8 @@ class DeadLetters(Protocol):
 
 
 class KafkaDeadLetters:
-    """The dead-letter topic: the original record untouched, plus why and where from."""
+    """The dead-letter topic: the original record untouched, plus why and where from
+    (`paystream_messaging.dead_letters`): a redriven record's count carries over, +1."""
 
     def __init__(
         self, publisher: AsyncPublisher, topic: str, *, by: str, deadline_s: float = 60
@@ -50,14 +51,13 @@ class KafkaDeadLetters:
         self._deadline_s = deadline_s
 
     async def send(self, record: RawRecord, reason: str) -> None:
-        headers = [
-            *record.headers,
-            ("dlq_reason", reason.encode()[:4096]),
-            ("dlq_topic", record.topic.encode()),
-            ("dlq_partition", str(record.partition).encode()),
-            ("dlq_offset", str(record.offset).encode()),
-            ("dlq_at", datetime.now(UTC).isoformat().encode()),
-            ("dlq_by", self._by),
-        ]
+        headers = dead_letter_headers(
+            record.headers,
+            reason=reason,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            by=self._by,
+        )
         dead = KafkaRecord(key=record.key or b"", value=record.value or b"", headers=headers)
         await self._publisher.publish(self._topic, dead, deadline_s=self._deadline_s)
