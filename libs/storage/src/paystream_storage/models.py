@@ -371,6 +371,26 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = _now()
 
 
+class RoutingChange(Base):
+    """One `paystream routes` command that changed the routing: who, when, before/after.
+    Append-only (a trigger refuses UPDATE, DELETE and TRUNCATE, migration 0010)."""
+
+    __tablename__ = "routing_changes"
+    __table_args__ = (
+        CheckConstraint("action IN ('set', 'disable', 'enable', 'limits')", name="action"),
+        Index(None, "changed_at"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    changed_at: Mapped[datetime] = _now()
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(16))
+    country: Mapped[str | None] = mapped_column(String(2))
+    transaction_type: Mapped[str | None] = mapped_column(String(16))
+    gateway_code: Mapped[str | None] = mapped_column(String(64))
+    before: Mapped[Any] = mapped_column(JSONB)
+    after: Mapped[Any] = mapped_column(JSONB)
+
+
 class ConfigVersion(Base):
     """One row: bumped by a trigger whenever gateways, routes, connections or tenants
     change, so processes know when their cached configuration is stale."""
