@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,7 +44,11 @@ WITHDRAWAL_ROUTES = {
 
 
 async def seed_routing(session: AsyncSession) -> None:
-    """Idempotent: re-running updates names and priorities, never duplicates rows."""
+    """Idempotent, and it never undoes an operator's routing: countries and gateways are
+    added when missing (a gateway's limits, which `paystream routes limits` changes, are set
+    only then), and a country/type gets the demo routes only while it has none, so the
+    priorities and switches set with `paystream routes` survive a restart of `paystream
+    dev` (`routes set` never leaves a country/type without routes)."""
     for code, name in COUNTRIES.items():
         stmt = insert(Country).values(code=code, name=name)
         await session.execute(
@@ -53,19 +58,25 @@ async def seed_routing(session: AsyncSession) -> None:
         gw = insert(Gateway).values(code=code, provider=provider, name=name, currencies=currencies)
         await session.execute(
             gw.on_conflict_do_update(
-                index_elements=["code"],
-                set_={"provider": provider, "name": name, "currencies": currencies},
+                index_elements=["code"], set_={"provider": provider, "name": name}
             )
         )
+    pairs = select(GatewayCountry.country, GatewayCountry.transaction_type).distinct()
+    routed = {(country, kind) for country, kind in await session.execute(pairs)}
     for kind, routes in (("deposit", DEPOSIT_ROUTES), ("withdrawal", WITHDRAWAL_ROUTES)):
         for country, codes in routes.items():
-            for priority, code in enumerate(codes, start=1):
-                route = insert(GatewayCountry).values(
-                    gateway_code=code, country=country, transaction_type=kind, priority=priority
+            if (country, kind) in routed:
+                continue
+            await session.execute(
+                insert(GatewayCountry).values(
+                    [
+                        {
+                            "gateway_code": code,
+                            "country": country,
+                            "transaction_type": kind,
+                            "priority": priority,
+                        }
+                        for priority, code in enumerate(codes, start=1)
+                    ]
                 )
-                await session.execute(
-                    route.on_conflict_do_update(
-                        index_elements=["gateway_code", "country", "transaction_type"],
-                        set_={"priority": priority},
-                    )
-                )
+            )

@@ -11,6 +11,7 @@ from paystream_cli.commands.dev import dev
 from paystream_cli.commands.gateways import gateways
 from paystream_cli.commands.keys import keys
 from paystream_cli.commands.migrate import migrate
+from paystream_cli.commands.routes import routes
 from paystream_cli.commands.sandbox import sandbox
 from paystream_cli.commands.serve import serve
 from paystream_cli.commands.tenants import tenants
@@ -31,6 +32,7 @@ for command in (
     gateways,
     keys,
     migrate,
+    routes,
     sandbox,
     serve,
     tenants,
