@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from paystream_cli.commands.audit import audit
 from paystream_cli.commands.bench import bench
 from paystream_cli.commands.connections import connections
 from paystream_cli.commands.dev import dev
@@ -26,6 +27,7 @@ def cli() -> None:
 
 
 for command in (
+    audit,
     bench,
     connections,
     dev,

@@ -66,6 +66,23 @@ class CallbackMetrics:
             "action_required transactions failed as expired",
             registry=self.registry,
         )
+        # The money audit (paystream audit), run by the reconciler on an interval.
+        self.audit_violations = Gauge(
+            "paystream_audit_violations",
+            "Violations found by the last money audit, per check (alert on any above 0)",
+            ["check"],
+            registry=self.registry,
+        )
+        self.audit_last_success = Gauge(
+            "paystream_audit_last_success_timestamp_seconds",
+            "When the money audit last completed (alert when it stops advancing)",
+            registry=self.registry,
+        )
+        self.audit_duration = Gauge(
+            "paystream_audit_duration_seconds",
+            "How long the last money audit took",
+            registry=self.registry,
+        )
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()

@@ -18,6 +18,9 @@
 
 The rules are `paystream_core.reports.reconcile`. No database transaction is open during a
 lookup: read, call, then lock and re-check.
+
+`AuditExporter` runs the money audit's checks (`paystream audit`) every
+`reconciler_audit_interval_s` and exports the violations per check as gauges.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from paystream_core.audit import CHECK_NAMES, AuditCounts, Horizons
 from paystream_core.outcomes import Outcome
 from paystream_core.ports import AttemptKey, PaymentUnit
 from paystream_core.records import TransactionRecord
@@ -54,6 +60,7 @@ from paystream_gateways.errors import GatewayError, GatewaySetupError
 from paystream_gateways.protocol import StatusQuery, StatusResult
 from paystream_provider_reports.apply import Incoming, Source, apply_reports, unattached_anomaly
 from paystream_provider_reports.deps import CallbackDeps
+from paystream_provider_reports.metrics import CallbackMetrics
 from paystream_provider_reports.settings import ReconcilerSettings
 
 log = logging.getLogger(__name__)
@@ -331,6 +338,46 @@ class Reconciler:
                 reported_at=reported_at,
             )
         )
+
+
+class AuditExporter:
+    """The money audit's violation counts as metrics, on the reconciler's horizons."""
+
+    def __init__(
+        self, source: AuditCounts, metrics: CallbackMetrics, settings: ReconcilerSettings
+    ) -> None:
+        self.source = source
+        self.metrics = metrics
+        self.settings = settings
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:  # a DB outage: the gauges keep their last values; try again
+                log.exception("money audit failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.reconciler_audit_interval_s)
+
+    async def run_once(self) -> Mapping[str, int]:
+        s = self.settings
+        started = time.monotonic()
+        counts = await self.source.counts(
+            Horizons(
+                horizon_s=s.reconciler_horizon_s,
+                stuck_processing_s=s.reconciler_stuck_processing_s,
+            )
+        )
+        for check in CHECK_NAMES:
+            self.metrics.audit_violations.labels(check).set(counts.get(check, 0))
+        self.metrics.audit_duration.set(time.monotonic() - started)
+        self.metrics.audit_last_success.set_to_current_time()
+        failed = {check: n for check, n in counts.items() if n}
+        if failed:
+            log.error(
+                "money audit: violations %s: run `paystream audit --verbose` for details", failed
+            )
+        return counts
 
 
 def _older_than(at: datetime | None, seconds: float) -> bool:

@@ -54,6 +54,10 @@ class ReconcilerSettings(DatabaseSettings):
     reconciler_backoff_base_s: float = Field(default=30.0, gt=0)
     reconciler_backoff_max_s: float = Field(default=3600.0, gt=0)
     reconciler_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # The money audit (`paystream audit`'s checks) exported as metrics this often; 0: never.
+    # Each run reads the ledger, balances, transactions and outcome events once: minutes,
+    # not seconds, on a large database.
+    reconciler_audit_interval_s: float = Field(default=300.0, ge=0)
     reconciler_concurrency: int = Field(default=8, ge=1, le=256)
     reconciler_web_host: str = "127.0.0.1"
     reconciler_web_port: int = Field(default=0, ge=0, le=65535, description="0: none")
