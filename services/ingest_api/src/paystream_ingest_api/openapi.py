@@ -91,7 +91,14 @@ _SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
             "destination": {
                 "type": ["object", "null"],
-                "properties": {"masked": {"type": "string"}},
+                "description": "Withdrawals: the destination's mask; the details stay sealed.",
+                "properties": {
+                    "masked": {
+                        "type": "string",
+                        "description": "Bank: `DE89 **** 3000`; Stripe connected account:"
+                        " `acct_…1234`.",
+                    }
+                },
             },
             "gateway": {"type": ["string", "null"]},
             "provider_reference": {"type": ["string", "null"]},

@@ -9,15 +9,17 @@ what the server accepts (the IBAN check digits excepted: no pattern can say mod 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     JsonValue,
     StringConstraints,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -175,10 +177,15 @@ def _one_account_schema(schema: dict[str, Any]) -> None:
 
 
 class BankDestination(_Strict):
-    """Payout destination. Encrypted before it leaves the API; only a mask is shown."""
+    """Payout to a bank account. Encrypted before it leaves the API; only a mask is shown."""
 
     model_config = ConfigDict(json_schema_extra=_one_account_schema)
 
+    # Optional: bank details are the default kind. Not sealed (the sealed bank details stay
+    # what they always were; a destination without `type` is a bank account).
+    type: Literal["bank"] = Field(
+        default="bank", exclude=True, description="Destination kind; `bank` when omitted."
+    )
     holder_name: HolderName
     iban: str | None = Field(
         default=None,
@@ -212,8 +219,65 @@ class BankDestination(_Strict):
         return f"**** {self.account_number[-4:]}"
 
 
+# Stripe account ids: `acct_` and letters/digits (16 today; Stripe ids are at most 255
+# characters). At least 8 after the prefix, so the mask's last four never show it whole.
+STRIPE_ACCOUNT_PATTERN = r"^acct_[A-Za-z0-9]{8,250}$"
+
+
+class StripeAccountDestination(_Strict):
+    """Payout to a Stripe connected account (a Transfer from the platform's balance).
+    Sealed like bank details; only the mask (`acct_…1234`) is stored readable."""
+
+    type: Literal["stripe_account"]
+    account: str = Field(
+        description="The connected account's id.",
+        examples=["acct_1Nv0FGQ9RKHgCVdK"],
+        json_schema_extra={"pattern": STRIPE_ACCOUNT_PATTERN},
+    )
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        if re.fullmatch(STRIPE_ACCOUNT_PATTERN, value) is None:
+            raise ValueError("not a Stripe connected account id (acct_ and 8-250 letters/digits)")
+        return value
+
+    def masked(self) -> str:
+        return f"acct_…{self.account[-4:]}"
+
+
+DESTINATION_TYPES = ("bank", "stripe_account")
+
+
+def _destination_type(value: Any) -> str | None:
+    """The union's tag: `type`, bank when absent (bodies from before the union)."""
+    if isinstance(value, BaseModel):
+        return str(getattr(value, "type", "bank"))
+    if isinstance(value, dict):
+        kind = value.get("type", "bank")
+        return kind if kind in DESTINATION_TYPES else None
+    return None
+
+
+Destination = Annotated[
+    Annotated[BankDestination, Tag("bank")]
+    | Annotated[StripeAccountDestination, Tag("stripe_account")],
+    Discriminator(
+        _destination_type,
+        custom_error_type="destination_type",
+        custom_error_message="an object whose type is bank (the default) or stripe_account",
+    ),
+]
+
+
 class WithdrawalRequest(DepositRequest):
-    destination: BankDestination
+    destination: Destination = Field(
+        description=(
+            "Where the money goes: bank details (`type` bank, the default) or a Stripe"
+            " connected account (`type` stripe_account). Encrypted before it leaves the API;"
+            " only a mask is ever shown."
+        )
+    )
 
 
 def _iban_checksum_ok(iban: str) -> bool:
@@ -227,6 +291,9 @@ def field_errors(errors: list[Any]) -> list[dict[str, str]]:
     out = []
     for err in errors:
         loc = [str(p) for p in err.get("loc", ())]
+        # The destination union's tag is not a field the client wrote.
+        if loc[:1] == ["destination"] and loc[1:2] and loc[1] in DESTINATION_TYPES:
+            del loc[1]
         message = str(err.get("msg", "invalid"))
         # Model-level checks name their field in the message ("amount: ...").
         if not loc and ": " in message.removeprefix("Value error, "):
