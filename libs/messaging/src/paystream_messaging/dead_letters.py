@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from paystream_messaging.cloudevents_codec import KafkaRecord
 
@@ -229,25 +236,23 @@ def read_all(
     topic: str,
     *,
     timeout_s: float = 30.0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[DeadLetter]:
-    """Every record of `topic`, partition by partition in offset order, up to the high
-    watermarks seen at the start (records appended meanwhile are left for the next read).
+    """Every record of `topic`, partition by partition in offset order, read until each
+    partition reports its end (records appended meanwhile may or may not be included).
 
-    `progress(read, total)` is called every 1,000 records."""
+    The end is the fetch's own end-of-partition, not a ListOffsets watermark: tansu
+    answers ListOffsets with the last batch's base offset + 1, short of the records a
+    batched producer put after it. `progress(read)` is called every 1,000 records."""
     consumer = Consumer(config)
     try:
-        ends = _watermarks(consumer, topic, timeout_s)
-        todo = {p: (low, high) for p, (low, high) in ends.items() if high > low}
-        total = sum(high - low for low, high in todo.values())
-        if not todo:
-            return
-        consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in todo.items()])
-        pending: dict[int, list[DeadLetter]] = {p: [] for p in todo}
+        partitions = _partitions(consumer, topic, timeout_s)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        pending: dict[int, list[DeadLetter]] = {p: [] for p in partitions}
         done: set[int] = set()
         read = 0
         deadline = time.monotonic() + timeout_s
-        while len(done) < len(todo):
+        while len(done) < len(partitions):
             if time.monotonic() > deadline:
                 raise ReadFailed(f"{topic}: not read to its end within {timeout_s:g}s")
             for message in consumer.consume(num_messages=500, timeout=0.2):
@@ -255,22 +260,16 @@ def read_all(
                 partition = int(message.partition() or 0)
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        if partition in todo:
-                            done.add(partition)
+                        done.add(partition)
                         continue
                     raise ReadFailed(f"{topic}: {err.str()}")
-                if partition not in todo or partition in done:
+                if partition in done:  # appended after its end was reached: next time
                     continue
-                offset = int(message.offset() or 0)
-                _, high = todo[partition]
-                if offset < high:
-                    pending[partition].append(DeadLetter.of(message))
-                    read += 1
-                    deadline = time.monotonic() + timeout_s  # a deadline on silence
-                    if progress is not None and read % 1000 == 0:
-                        progress(read, total)
-                if offset >= high - 1:
-                    done.add(partition)
+                pending[partition].append(DeadLetter.of(message))
+                read += 1
+                deadline = time.monotonic() + timeout_s  # a deadline on silence
+                if progress is not None and read % 1000 == 0:
+                    progress(read)
         for partition in sorted(pending):
             yield from pending[partition]
     finally:
@@ -281,47 +280,46 @@ def read_one(
     config: dict[str, Any], topic: str, partition: int, offset: int, *, timeout_s: float = 30.0
 ) -> DeadLetter | None:
     """The record at `partition:offset`, or None when there is none."""
-    consumer = Consumer(config)
+    consumer = Consumer({**config, "auto.offset.reset": "latest"})
     try:
-        ends = _watermarks(consumer, topic, timeout_s)
-        if partition not in ends:
-            return None
-        low, high = ends[partition]
-        if not low <= offset < high:
+        if partition not in _partitions(consumer, topic, timeout_s):
             return None
         consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             message = consumer.poll(0.2)
             if message is None:
+                # Past the end tansu answers empty fetches rather than out-of-range; the
+                # fetches' own high watermark (cached) says it is not there.
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+                if high >= 0 and offset >= high:
+                    return None
                 continue
             err = message.error()
             if err is not None:
+                # Past the end, or before the start (reset to the end): not there.
                 if err.code() == KafkaError._PARTITION_EOF:
-                    return None  # a transaction marker sat there
+                    return None
                 raise ReadFailed(f"{topic}: {err.str()}")
-            if int(message.offset() or 0) == offset:
-                return DeadLetter.of(message)
-            if int(message.offset() or 0) > offset:
-                return None
+            found = int(message.offset() or 0)
+            return DeadLetter.of(message) if found == offset else None
         raise ReadFailed(f"{topic}: {partition}:{offset} not read within {timeout_s:g}s")
     finally:
         consumer.close()
 
 
-def _watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
+def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s)
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None:
-            why = described.error.str() if described and described.error else "unknown topic"
-            raise ReadFailed(f"{topic}: {why}")
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            for p in sorted(described.partitions)
-        }
     except KafkaException as exc:
         raise ReadFailed(f"{topic}: {exc}") from exc
+    described = metadata.topics.get(topic)
+    if described is None or described.error is not None:
+        why = described.error.str() if described and described.error else "unknown topic"
+        raise ReadFailed(f"{topic}: {why}")
+    return sorted(described.partitions)
 
 
 def _last(headers: Sequence[tuple[str, bytes]], name: str) -> bytes | None:

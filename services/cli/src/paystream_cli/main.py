@@ -8,6 +8,7 @@ import click
 from paystream_cli.commands.audit import audit
 from paystream_cli.commands.bench import bench
 from paystream_cli.commands.connections import connections
+from paystream_cli.commands.dead_letters import dead_letters
 from paystream_cli.commands.dev import dev
 from paystream_cli.commands.gateways import gateways
 from paystream_cli.commands.keys import keys
@@ -30,6 +31,7 @@ for command in (
     audit,
     bench,
     connections,
+    dead_letters,
     dev,
     gateways,
     keys,
