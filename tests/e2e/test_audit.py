@@ -1,7 +1,8 @@
 """`paystream audit` on the dev stack: clean after a load with a kill -9 of the gateway
 worker in the middle (deposits and withdrawals, failures, pending ones settled by signed
 callbacks, holds refused for insufficient funds), then exit 1 with a message naming the
-account or the transaction when the test corrupts a balance or deletes an outcome event."""
+account or the transaction when the test corrupts a balance or deletes an outcome event;
+the reconciler's audit (every second here) reports the same."""
 
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ OPEN = ("received", "processing", "pending", "action_required")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("audit")) as s:
+    # The reconciler's audit every second, so its metrics follow the corruption below.
+    with running_stack(
+        tmp_path_factory.mktemp("audit"), PAYSTREAM_RECONCILER_AUDIT_INTERVAL_S="1"
+    ) as s:
         yield s
 
 
@@ -130,6 +134,15 @@ def test_audit_passes_after_a_load_with_a_crash_and_names_each_corruption(stack:
     assert corrupted.returncode == 1, corrupted.stdout + corrupted.stderr
     assert "FAILED: 1 violation(s) in 1 check(s)" in corrupted.stdout
     assert "account 'audit-3' EUR: balance available" in corrupted.stdout
+    # The reconciler's audit sees it too (its gauge; it logs the counts it exports).
+    reconciler_log = stack.home / "logs" / "reconciler.log"
+    wait_for(
+        lambda: (
+            "money audit: violations {'balances_match_entries': 1}" in reconciler_log.read_text()
+        ),
+        timeout=30,
+        what="the reconciler's audit",
+    )
     stack.query(
         "UPDATE balances SET available_minor = available_minor - 1"
         " WHERE account_id = 'audit-3' AND currency = 'EUR' RETURNING 1"
