@@ -301,6 +301,10 @@ def test_the_cli_summary_details_json_and_exit_codes(
     clean = runner.invoke(cli, ["audit"])
     assert clean.exit_code == 0, clean.output
     assert "OK: no violations" in clean.output
+    assert "[1/7]" not in clean.output  # progress only on a terminal, or when asked
+    progress = runner.invoke(cli, ["audit", "--json", "--progress"])
+    assert "[7/7] nothing stuck past the horizons ... 0 violation(s)" in progress.stderr
+    assert json.loads(progress.stdout)["ok"] is True  # stdout stays one JSON document
     for check in CHECK_NAMES:
         assert f"\n{check} " in clean.output
 
