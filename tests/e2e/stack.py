@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -121,7 +123,12 @@ def _read_env(path: Path) -> dict[str, str]:
 
 @contextmanager
 def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
-    """`paystream dev` on embedded servers with test-friendly timings; SIGTERM at the end."""
+    """`paystream dev` on embedded servers with test-friendly timings; SIGTERM at the end.
+
+    The stack's home (PostgreSQL's data among it) is not under pytest's `tmp`: as root the
+    server runs as another user that needs o+x on every parent, and any pytest run on the
+    machine resets /tmp/pytest-of-root to 0700 (a concurrent run broke initdb that way)."""
+    home = Path(tempfile.mkdtemp(prefix="paystream-stack-"))
     env = {
         k: v
         for k, v in os.environ.items()
@@ -129,7 +136,7 @@ def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
     }
     # Test-friendly defaults; a test's own settings win.
     defaults = dict(
-        PAYSTREAM_HOME=str(tmp / "home"),
+        PAYSTREAM_HOME=str(home),
         PAYSTREAM_DEV_API_PORT=str(free_port()),
         PAYSTREAM_DEV_CALLBACK_PORT=str(free_port()),
         PAYSTREAM_DEV_SANDBOX_PORT=str(free_port()),
@@ -150,13 +157,13 @@ def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    dev_env = tmp / "home" / "dev.env"
+    dev_env = home / "dev.env"
     try:
         started = time.monotonic()
         wait_for(lambda: dev_env.exists() or process.poll() is not None, timeout=180, what="dev")
         assert process.poll() is None, (tmp / "dev.log").read_text()[-3000:]
         print(f"\nstack up in {time.monotonic() - started:.1f}s")
-        yield Stack(process, _read_env(dev_env), tmp / "home", settings)
+        yield Stack(process, _read_env(dev_env), home, settings)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -165,3 +172,7 @@ def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         log.close()
+        if process.poll() is not None:  # kept when a stack could not be stopped, to look at
+            if (home / "logs").is_dir():  # the services' logs stay with the test's files
+                shutil.copytree(home / "logs", tmp / "logs", dirs_exist_ok=True)
+            shutil.rmtree(home, ignore_errors=True)
