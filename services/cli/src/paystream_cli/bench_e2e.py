@@ -90,9 +90,11 @@ DEPOSIT_AMOUNT = "10.00"
 WITHDRAWAL_UNITS = 1  # whole currency units
 WITHDRAWAL_AMOUNT = f"{WITHDRAWAL_UNITS}.00"
 DESTINATION = {"holder_name": "Bench Payout", "iban": "DE89370400440532013000"}
-# Stripe pays out to a connected account, not an IBAN; without one it declines and the
-# worker falls back, which would measure the fallback path instead of the happy one.
-WITHDRAWAL_METADATA = {"stripe_account": "acct_bench"}
+# Stripe pays out to a connected account, not an IBAN: bank details there are declined
+# and the worker falls back, which would measure the fallback path instead of the happy
+# one. GB withdrawals route to Stripe first; the other routes' gateways take bank details.
+STRIPE_DESTINATION = {"type": "stripe_account", "account": "acct_1Bench00000"}
+STRIPE_COUNTRIES = frozenset({"GB"})
 WARMUP_DEPOSITS = 20
 WARMUP_RATE = 5.0
 WARMUP_DEADLINE_S = 90.0
@@ -914,8 +916,7 @@ def _withdrawal_body(account: str, country: str) -> dict[str, Any]:
         "country": country,
         "amount": WITHDRAWAL_AMOUNT,
         "currency": CURRENCY[country],
-        "destination": DESTINATION,
-        "metadata": WITHDRAWAL_METADATA,
+        "destination": STRIPE_DESTINATION if country in STRIPE_COUNTRIES else DESTINATION,
     }
 
 
