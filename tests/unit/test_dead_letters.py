@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from paystream_cli.dead_letters import Filter, age, parse_since
+from paystream_cli.dead_letters import Filter, age, parse_since, printable
 from paystream_messaging.cloudevents_codec import KafkaRecord
 from paystream_messaging.dead_letters import (
     DeadLetter,
@@ -173,3 +173,7 @@ def test_filter() -> None:
 
 def test_age() -> None:
     assert [age(s) for s in (5, 300, 9000, 400000)] == ["5s", "5m", "2.5h", "4.6d"]
+
+
+def test_record_bytes_never_drive_the_terminal() -> None:
+    assert printable("ok \x1b[2Jcleared\nnext") == "ok \\x1b[2Jcleared\\x0anext"

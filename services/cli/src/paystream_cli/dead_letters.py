@@ -193,7 +193,8 @@ def table_row(row: dict[str, Any]) -> str:
         key_text = _short(key["text"].encode(), 24)
     else:
         key_text = "<binary>"
-    reason = row["reason"] if len(row["reason"]) <= 80 else row["reason"][:79] + "~"
+    reason = printable(row["reason"])
+    reason = reason if len(reason) <= 80 else reason[:79] + "~"
     return (
         f"{row['id']:<10} {age(row['age_s']) if row['age_s'] is not None else '-':>6} "
         f"{row['count']:>5} {row['redriven']:>8}  {where:<30} {key_text:<24} "
@@ -207,7 +208,7 @@ def show_lines(item: dict[str, Any]) -> list[str]:
     place = item["dead_letter"]
     lines = [
         f"dead letter   {item['id']} on {place['topic']}",
-        f"reason        {item['reason']}",
+        f"reason        {printable(item['reason'])}",
         f"original      {original['topic']}[{original['partition']}]@{original['offset']}",
         f"key           {_field(item['key'])}",
         f"type          {item['type'] or '-'}",
@@ -216,7 +217,7 @@ def show_lines(item: dict[str, Any]) -> list[str]:
         f"count         {item['count']} (times its record was dead-lettered)",
         "headers",
     ]
-    lines += [f"  {h['name']}: {_field(h)}" for h in item["headers"]]
+    lines += [f"  {printable(h['name'])}: {_field(h)}" for h in item["headers"]]
     lines.append(f"value         {_field(item['value'])}")
     if not item["redrives"]:
         lines.append("redrives      none")
@@ -240,8 +241,13 @@ def _field(value: dict[str, str] | None) -> str:
     if value is None:
         return "-"
     if "text" in value:
-        return value["text"]
+        return printable(value["text"])
     return f"base64:{value['base64']}"
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped: a record's bytes never drive the terminal."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 # --- redriving -----------------------------------------------------------------------------
@@ -289,7 +295,7 @@ class Outcome:
             "refused": f"refused: {self.detail}",
             "failed": f"FAILED: {self.detail}",
         }[self.status]
-        return f"{self.letter.id:<10} {self.letter.reason_code:<24} {text}"
+        return f"{self.letter.id:<10} {printable(self.letter.reason_code):<24} {text}"
 
 
 @dataclass
