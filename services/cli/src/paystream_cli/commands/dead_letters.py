@@ -258,6 +258,8 @@ def dead_letters_redrive(
 
     import asyncio
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         outcomes = asyncio.run(
             logic.redrive(
@@ -269,8 +271,10 @@ def dead_letters_redrive(
                 progress=progress,
             )
         )
-    except (OSError, ConnectionError) as exc:
-        _stop(f"redrive stopped: {exc}")
+    except (OSError, SQLAlchemyError) as exc:
+        # What was sent is logged; a batch cut off between send and confirm shows as
+        # "claimed, never confirmed" in `show` and is refused until --force.
+        _stop(f"redrive stopped: {exc}; `dead-letters show ID` tells what was sent")
     _report(config, outcomes, dry_run=dry_run, as_json=as_json)
 
 
