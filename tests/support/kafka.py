@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,32 @@ def consume_until(
     return records
 
 
-def end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
-    """Total records on a topic (sum of high watermarks): proves absence, not just delay."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
+def end_offsets(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> int:
+    """Total records on a topic, counted by reading every partition to its end: proves
+    absence, not just delay. Not the ListOffsets watermark: after a batched produce tansu
+    answers it with the last batch's base offset + 1, short of the records after it."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"probe-{uuid.uuid4().hex}",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
     try:
-        total = 0
-        for p in range(partitions):
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += high
-        return total
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        ends: dict[int, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(ends) < partitions:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: partitions {sorted(ends)} of {partitions} read")
+            for message in consumer.consume(num_messages=500, timeout=0.2):
+                err = message.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    ends[int(message.partition() or 0)] = int(message.offset() or 0)
+                elif err is None:
+                    ends.pop(int(message.partition() or 0), None)  # more came: not the end
+        return sum(ends.values())
     finally:
         consumer.close()
