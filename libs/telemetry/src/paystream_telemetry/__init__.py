@@ -1,0 +1,1 @@
+"""Tracing and structured logs for every paystream process."""
