@@ -18,9 +18,10 @@ from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_provider_reports.app import create_app
 from paystream_provider_reports.deps import CallbackDeps
-from paystream_provider_reports.reconciler import AuditExporter, Reconciler
+from paystream_provider_reports.reconciler import AuditExporter, BacklogExporter, Reconciler
 from paystream_provider_reports.settings import CallbackWorkerSettings, ReconcilerSettings
 from paystream_storage.audit import PgAuditCounts
+from paystream_storage.backlog import PgBacklog
 from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.payments import PgPaymentStore
@@ -101,6 +102,8 @@ async def _reconcile_forever(settings: ReconcilerSettings, ring: KeyRing) -> Non
                 )
             )
         )
+    backlog = BacklogExporter(PgBacklog(settings), deps.metrics, settings)
+    tasks.append(asyncio.create_task(backlog.run(stop)))
     if settings.reconciler_audit_interval_s > 0:
         exporter = AuditExporter(PgAuditCounts(settings), deps.metrics, settings)
         tasks.append(asyncio.create_task(exporter.run(stop)))

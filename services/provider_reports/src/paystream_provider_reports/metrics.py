@@ -66,6 +66,34 @@ class CallbackMetrics:
             "action_required transactions failed as expired",
             registry=self.registry,
         )
+        # What waits, read every reconciler round (alert on the ages).
+        self.waiting = Gauge(
+            "paystream_transactions_waiting",
+            "pending/unknown transactions by gateway and status",
+            ["gateway", "status"],
+            registry=self.registry,
+        )
+        self.waiting_oldest = Gauge(
+            "paystream_transactions_waiting_oldest_age_seconds",
+            "Age (since creation) of the oldest pending/unknown transaction per gateway",
+            ["gateway", "status"],
+            registry=self.registry,
+        )
+        self.outbox_unpublished = Gauge(
+            "paystream_outbox_unpublished",
+            "Outbox rows the relay has not published yet",
+            registry=self.registry,
+        )
+        self.outbox_oldest = Gauge(
+            "paystream_outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest outbox row the relay has not published (0: none)",
+            registry=self.registry,
+        )
+        self.backlog_last_success = Gauge(
+            "paystream_backlog_last_success_timestamp_seconds",
+            "When the backlog gauges were last read (alert when it stops advancing)",
+            registry=self.registry,
+        )
         # The money audit (paystream audit), run by the reconciler on an interval.
         self.audit_violations = Gauge(
             "paystream_audit_violations",

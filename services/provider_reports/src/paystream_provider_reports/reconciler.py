@@ -21,6 +21,9 @@ lookup: read, call, then lock and re-check.
 
 `AuditExporter` runs the money audit's checks (`paystream audit`) every
 `reconciler_audit_interval_s` and exports the violations per check as gauges.
+`BacklogExporter` exports, every `reconciler_interval_s`, how many transactions wait
+`pending`/`unknown` per gateway and the oldest one's age, and the outbox's unpublished rows
+and the oldest one's age (deploy/observability alerts on these ages).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from paystream_core.audit import CHECK_NAMES, AuditCounts, Horizons
 from paystream_core.outcomes import Outcome
@@ -62,6 +66,7 @@ from paystream_provider_reports.apply import Incoming, Source, apply_reports, un
 from paystream_provider_reports.deps import CallbackDeps
 from paystream_provider_reports.metrics import CallbackMetrics
 from paystream_provider_reports.settings import ReconcilerSettings
+from paystream_storage.backlog import Backlog
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +383,45 @@ class AuditExporter:
                 "money audit: violations %s: run `paystream audit --verbose` for details", failed
             )
         return counts
+
+
+class BacklogSource(Protocol):
+    async def read(self) -> Backlog: ...
+
+
+class BacklogExporter:
+    """What waits, and the oldest one's age, as gauges."""
+
+    def __init__(
+        self, source: BacklogSource, metrics: CallbackMetrics, settings: ReconcilerSettings
+    ) -> None:
+        self.source = source
+        self.metrics = metrics
+        self.settings = settings
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:  # a DB outage: the gauges keep their last values; try again
+                log.exception("reading the backlog failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.reconciler_interval_s)
+
+    async def run_once(self) -> Backlog:
+        backlog = await self.source.read()
+        m = self.metrics
+        # A gateway whose backlog drained must not keep its last age: the labels are rebuilt
+        # from this read (no await in between, so a scrape never sees them half-built).
+        m.waiting.clear()
+        m.waiting_oldest.clear()
+        for w in backlog.waiting:
+            m.waiting.labels(w.gateway, w.status).set(w.transactions)
+            m.waiting_oldest.labels(w.gateway, w.status).set(w.oldest_age_s)
+        m.outbox_unpublished.set(backlog.outbox_unpublished)
+        m.outbox_oldest.set(backlog.outbox_oldest_age_s)
+        m.backlog_last_success.set_to_current_time()
+        return backlog
 
 
 def _older_than(at: datetime | None, seconds: float) -> bool:
