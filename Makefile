@@ -57,5 +57,9 @@ fmt: install ## Format and auto-fix
 bench-relay: install ## Outbox relay throughput (rows/s) on embedded defaults
 	$(RUN) paystream bench relay
 
+.PHONY: check-observability
+check-observability: install ## promtool check/test the alert rules; rules and dashboard use real metrics
+	PYTEST="$(RUN) pytest" scripts/check_observability.sh
+
 clean: ## Remove .venv, .tools and runtime state under .paystream
 	rm -rf .venv .tools .paystream
