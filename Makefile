@@ -50,6 +50,13 @@ lint: install ## ruff check + format --check, mypy --strict, import contracts, d
 		$(RUN) deptry $$pkg/src --config $$pkg/pyproject.toml || status=1; \
 	done; exit $$status
 
+.PHONY: check-deploy check-prod-install
+check-deploy: install ## kustomize-render deploy/k8s; validate it and docker-compose.yml against their schemas
+	scripts/check_deploy.sh
+
+check-prod-install: $(UV) ## A fresh `uv sync --no-dev --no-editable` venv imports every module; `paystream --help` runs
+	UV=$(UV) scripts/check_prod_install.sh
+
 fmt: install ## Format and auto-fix
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
