@@ -1,16 +1,10 @@
-"""One log format for every paystream process: timestamp, level, process, logger, message."""
+"""One log format for every paystream process: text (timestamp, level, process, logger,
+message) by default, JSON lines with `PAYSTREAM_LOG_FORMAT=json` (paystream_telemetry)."""
 
 from __future__ import annotations
 
-import logging
-import os
+from paystream_telemetry.logs import setup_logging
 
 
 def setup(process: str) -> None:
-    level = os.environ.get("PAYSTREAM_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s {process} %(name)s: %(message)s",
-    )
-    # librdkafka and alembic are chatty at INFO.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    setup_logging(process)
