@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,23 @@ class QuietWorker(faust.Worker):
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
 
+    def _setup_logging(self) -> None:
+        """Keep the log handler the process set up (paystream's text or JSON lines: one
+        format for every process) instead of mode's colored one; only mode's level (the
+        `--loglevel` of `run`) applies, unless PAYSTREAM_LOG_LEVEL asks for another."""
+        if not logging.root.handlers:  # not started through paystream's entry points
+            super()._setup_logging()
+            return
+        asked = os.environ.get("PAYSTREAM_LOG_LEVEL")
+        logging.root.setLevel(asked.upper() if asked else _level(self.loglevel))
+        self.on_setup_root_logger(logging.root, logging.root.level)
+
+
+def _level(level: int | str | None) -> int:
+    if isinstance(level, int):
+        return level
+    return logging.getLevelNamesMapping().get(str(level).upper(), logging.WARNING)
+
 
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:
     """Bytes in, bytes out: the CloudEvents codec decodes, so a bad record is ours to
@@ -86,5 +104,8 @@ def run(app: faust.App) -> None:
     health server is ours)."""
     # uvloop: the event loop's own overhead was a tenth of a busy worker's CPU.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
+    # JSON logs are one object per line: no startup banner on the same stream then.
+    json_logs = os.environ.get("PAYSTREAM_LOG_FORMAT", "").strip().lower() == "json"
+    quiet = ["--quiet"] if json_logs else []
+    sys.argv = [sys.argv[0], *quiet, "worker", "--loglevel", "warn", "--without-web"]
     app.main()

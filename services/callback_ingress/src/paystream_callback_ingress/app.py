@@ -7,6 +7,7 @@ about a callback is acted on here: the callback worker does that from the topic.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import uuid
@@ -26,10 +27,12 @@ from paystream_gateways.protocol import CallbackEvent
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import PublishFailed
 from paystream_messaging.callbacks import CallbackReceived
-from paystream_messaging.cloudevents_codec import encode
+from paystream_messaging.cloudevents_codec import Event, encode
 from paystream_storage.callback_log import CallbackLogEntry
 from paystream_storage.config_cache import poll_version
 from paystream_storage.errors import TRANSIENT_DB_ERRORS
+from paystream_telemetry.tracing import span, traceparent_of, tracing_on
+from paystream_telemetry.web import add_tracing
 from paystream_web.lifespan import closing_lifespan
 from paystream_web.service import (
     MetricsMiddleware,
@@ -95,6 +98,7 @@ def create_app(deps: IngressDeps) -> FastAPI:
         latency=deps.metrics.latency,
         routes=app.router.routes,
     )
+    add_tracing(app)  # outermost: the request's span covers the metrics middleware too
     return app
 
 
@@ -173,11 +177,28 @@ def partition_key(event: CallbackEvent) -> str:
 
 async def _publish(deps: IngressDeps, received: CallbackReceived, event: CallbackEvent) -> None:
     cloud_event = received.to_event(source=SOURCE, partition_key=partition_key(event))
+    topic = deps.settings.topic(topics.CALLBACKS)
+    if not tracing_on():
+        await _publish_event(deps, topic, cloud_event)
+        return
+    attributes = {
+        "messaging.system": "kafka",
+        "messaging.destination.name": topic,
+        "paystream.gateway": received.gateway,
+        "paystream.connection_id": str(received.connection_id),
+        "paystream.tenant_id": str(received.tenant_id),
+    }
+    with span(f"publish {topic}", kind="producer", attributes=attributes) as publishing:
+        assert publishing is not None
+        # The callback worker's span continues this trace (the callback's request span).
+        traced = dataclasses.replace(cloud_event, traceparent=traceparent_of(publishing))
+        await _publish_event(deps, topic, traced)
+
+
+async def _publish_event(deps: IngressDeps, topic: str, cloud_event: Event) -> None:
     record = encode(cloud_event, deps.registry)
     timeout_s = deps.settings.callback_publish_timeout_ms / 1000
-    await deps.publisher.publish(
-        deps.settings.topic(topics.CALLBACKS), record, deadline_s=timeout_s + 1
-    )
+    await deps.publisher.publish(topic, record, deadline_s=timeout_s + 1)
 
 
 async def _log_callback(

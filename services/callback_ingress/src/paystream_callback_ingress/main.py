@@ -20,6 +20,7 @@ from paystream_storage.callback_log import CallbackLogWriter
 from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.pool import HotPool
+from paystream_telemetry.process import setup_process
 from paystream_web.serving import serve
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def build_deps(settings: CallbackIngressSettings, ring: KeyRing) -> IngressDeps:
 
 
 def app_factory() -> FastAPI:
+    setup_process("callback-ingress")  # in the serving process (see the ingest API's)
     settings = load(CallbackIngressSettings)
     ring = KeyRing.from_settings(load(KeyRingSettings))
     return create_app(build_deps(settings, ring))

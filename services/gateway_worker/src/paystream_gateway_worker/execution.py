@@ -46,6 +46,9 @@ from paystream_gateways.errors import Ambiguous, GatewayError, NotExecuted
 from paystream_gateways.protocol import Gateway, PaymentRequest, StatusQuery, StatusResult
 from paystream_gateways.resilience import call_with_resilience
 from paystream_keyring import Sealed
+from paystream_telemetry.carry import carrying
+from paystream_telemetry.logs import log_context
+from paystream_telemetry.tracing import span, tracing_on
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,9 @@ class Plan:
     request: PaymentRequest
     kind: TransactionType
     redo: bool = False  # the attempt was started before (a crash, a redelivery)
+    # The W3C traceparent of the command's intake (or the one it came with): the attempt's
+    # span is its child, the outcome events carry it. None: not traced.
+    trace: str | None = None
 
 
 async def execute(deps: WorkerDeps, work: Sequence[Work]) -> None:
@@ -233,7 +239,41 @@ def _destination(deps: WorkerDeps, txn: TransactionRecord) -> dict[str, Any] | N
 # --- call ------------------------------------------------------------------------------------
 
 
+# The span attribute of an attempt's answer: what kind of answer, never its content.
+_OUTCOME_CLASS = {
+    "Succeeded": "succeeded",
+    "Pending": "pending",
+    "ActionRequired": "action_required",
+    "Declined": "declined",
+    "NotExecutedCall": "not_executed",
+    "AmbiguousCall": "ambiguous",
+}
+
+
 async def _call(deps: WorkerDeps, plan: Plan) -> CallResult:
+    """One provider attempt, in its own span (a child of the command's intake) and with
+    its transaction named in the log lines."""
+    with log_context(
+        tenant=plan.tenant_id, transaction=plan.transaction_id, traceparent=plan.trace
+    ):
+        if not tracing_on():
+            return await _answer(deps, plan)
+        attributes = {
+            "paystream.gateway": plan.gateway,
+            "paystream.attempt": plan.seq,
+            "paystream.transaction_id": str(plan.transaction_id),
+            "paystream.tenant_id": str(plan.tenant_id),
+            "paystream.redo": plan.redo,
+        }
+        with span(f"attempt {plan.gateway}", parent=plan.trace, attributes=attributes) as attempt:
+            result = await _answer(deps, plan)
+            if attempt is not None:
+                outcome_class = _OUTCOME_CLASS.get(type(result).__name__, type(result).__name__)
+                attempt.set_attribute("paystream.outcome_class", outcome_class)
+            return result
+
+
+async def _answer(deps: WorkerDeps, plan: Plan) -> CallResult:
     """The provider's answer as a value: an outcome, or a failure that says whether the
     call may have executed. No database transaction is open here."""
     request, kind = plan.request, plan.kind
@@ -289,17 +329,22 @@ async def _conclude(deps: WorkerDeps, answered: list[tuple[Plan, CallResult]]) -
     """Write every answer and, in the same database transaction, record the next attempt
     of each transaction that falls back; returns those attempts to make."""
     again: list[Plan] = []
+    traces = {p.transaction_id: p.trace for p, _ in answered if p.trace is not None}
     for tenant_id, items in _by_tenant([p for p, _ in answered]).items():
         results = {p.transaction_id: r for p, r in answered if p.tenant_id == tenant_id}
-        async with deps.store.unit(tenant_id) as unit:
-            fall_back, txns, attempts = await _conclude_tenant(deps, unit, items, results)
-            again += await plan_attempts(
-                deps,
-                unit,
-                fall_back,
-                known={i: txns[i] for i in fall_back},
-                known_attempts={i: attempts[i] for i in fall_back},
-            )
+        # The outcome events keep their command's trace (see intake).
+        with carrying(traces):
+            async with deps.store.unit(tenant_id) as unit:
+                fall_back, txns, attempts = await _conclude_tenant(deps, unit, items, results)
+                again += await plan_attempts(
+                    deps,
+                    unit,
+                    fall_back,
+                    known={i: txns[i] for i in fall_back},
+                    known_attempts={i: attempts[i] for i in fall_back},
+                )
+    if traces:  # the next gateway's attempt stays in the command's trace
+        again = [dataclasses.replace(p, trace=traces.get(p.transaction_id)) for p in again]
     return again
 
 

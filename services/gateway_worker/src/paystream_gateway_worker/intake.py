@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +25,8 @@ from paystream_messaging.cloudevents_codec import InvalidEvent, decode
 from paystream_messaging.commands import Command, RequestWithdrawal, command_from_event
 from paystream_streams.handling import dead_letter
 from paystream_streams.records import RawRecord
+from paystream_telemetry.carry import carrying
+from paystream_telemetry.messages import MessageSpans
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,30 @@ async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepte
     rest), so the account's commands apply in offset order with the dead letter in its
     place. It costs a unit or two more only when a poison record shares a batch with its
     account."""
+    spans: MessageSpans[uuid.UUID] = MessageSpans("intake command", len(records))
+    try:
+        accepted, dead = await _intake(deps, records, spans)
+    except BaseException as exc:
+        spans.fail(exc)
+        raise
+    traces = spans.traceparents()
+    if traces:  # the attempts go on in the command's trace
+        accepted = [_traced(a, traces) for a in accepted]
+    if spans.recording:
+        outcomes = {a.transaction_id: "accepted" for a in accepted}
+        spans.end(outcomes, attribute="paystream.intake.outcome", otherwise="rejected")
+    # Only once every unit committed: a batch retried after a failure would send them again.
+    # The rejection first: a crash between the two then finds it stored and does not
+    # store it twice (the dead letter may be sent twice: at least once, like any record).
+    for record, problem in dead:
+        await reject_dead_lettered(deps, record, problem)
+        await _dead_letter(deps, record, problem)
+    return accepted
+
+
+async def _intake(
+    deps: WorkerDeps, records: Sequence[RawRecord], spans: MessageSpans[uuid.UUID]
+) -> tuple[list[Accepted], list[tuple[RawRecord, str]]]:
     by_tenant: dict[uuid.UUID, list[tuple[RawRecord, Command]]] = {}
     invalid: list[tuple[RawRecord, str]] = []
     for record in records:
@@ -75,34 +101,49 @@ async def intake(deps: WorkerDeps, records: Sequence[RawRecord]) -> list[Accepte
             invalid.append((record, f"invalid_event: {exc.reason}"))
             continue
         by_tenant.setdefault(command.tenant_id, []).append((record, command))
+        spans.add(
+            command.transaction_id,
+            event.traceparent,
+            {
+                "paystream.tenant_id": command.tenant_id,
+                "paystream.transaction_id": command.transaction_id,
+                "messaging.kafka.offset": record.offset,
+            },
+        )
     _in_place(records, invalid)
     accepted: list[Accepted] = []
     dead = invalid
     for tenant_id, commands in by_tenant.items():
-        async with deps.store.unit(tenant_id) as unit:
-            if await unit.tenant_exists():
-                stored, problems, held = await _store(deps, unit, tenant_id, commands)
-                ids = [a.transaction_id for a in stored]
-                # Transactions created by this unit have no attempt yet: nothing to read.
-                fresh: dict[uuid.UUID, list[AttemptRecord]] = {
-                    a.transaction_id: [] for a in stored if a.created
-                }
-                planned = await plan_attempts(deps, unit, ids, known=held, known_attempts=fresh)
-                plans = {p.transaction_id: p for p in planned}
-                stored = [dataclasses.replace(a, plan=plans.get(a.transaction_id)) for a in stored]
-            else:
-                stored = []
-                problems = [(r, f"unknown_tenant: no tenant {tenant_id}") for r, _ in commands]
-            _in_place(records, problems)  # raised inside the unit: it rolls back
+        # The outcome events this unit writes keep their command's trace (the outbox row's
+        # traceparent), so the relay's publish joins it.
+        with carrying(spans.traceparents()):
+            async with deps.store.unit(tenant_id) as unit:
+                if await unit.tenant_exists():
+                    stored, problems, held = await _store(deps, unit, tenant_id, commands)
+                    ids = [a.transaction_id for a in stored]
+                    # Transactions created by this unit have no attempt yet: nothing to read.
+                    fresh: dict[uuid.UUID, list[AttemptRecord]] = {
+                        a.transaction_id: [] for a in stored if a.created
+                    }
+                    planned = await plan_attempts(deps, unit, ids, known=held, known_attempts=fresh)
+                    plans = {p.transaction_id: p for p in planned}
+                    stored = [
+                        dataclasses.replace(a, plan=plans.get(a.transaction_id)) for a in stored
+                    ]
+                else:
+                    stored = []
+                    problems = [(r, f"unknown_tenant: no tenant {tenant_id}") for r, _ in commands]
+                _in_place(records, problems)  # raised inside the unit: it rolls back
         accepted.extend(stored)
         dead.extend(problems)
-    # Only once every unit committed: a batch retried after a failure would send them again.
-    # The rejection first: a crash between the two then finds it stored and does not
-    # store it twice (the dead letter may be sent twice: at least once, like any record).
-    for record, problem in dead:
-        await reject_dead_lettered(deps, record, problem)
-        await _dead_letter(deps, record, problem)
-    return accepted
+    return accepted, dead
+
+
+def _traced(accepted: Accepted, traces: Mapping[uuid.UUID, str]) -> Accepted:
+    if accepted.plan is None:
+        return accepted
+    plan = dataclasses.replace(accepted.plan, trace=traces.get(accepted.transaction_id))
+    return dataclasses.replace(accepted, plan=plan)
 
 
 def _in_place(records: Sequence[RawRecord], dead: Sequence[tuple[RawRecord, str]]) -> None:

@@ -22,6 +22,7 @@ from paystream_storage.payments import PgPaymentStore
 from paystream_storage.pool import HotPool
 from paystream_streams import app as streams
 from paystream_streams.records import KafkaDeadLetters
+from paystream_telemetry.tracing import setup_tracing
 
 
 def build_deps_factory(
@@ -57,4 +58,5 @@ def build_deps_factory(
 def run() -> None:
     settings = load(GatewayWorkerSettings)
     ring = KeyRing.from_settings(load(KeyRingSettings))
+    setup_tracing("gateway-worker")
     streams.run(create_app(settings, build_deps_factory(settings, ring)))

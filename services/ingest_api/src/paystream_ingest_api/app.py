@@ -24,6 +24,7 @@ from paystream_ingest_api.requests import (
     field_errors,
 )
 from paystream_storage.errors import TRANSIENT_DB_ERRORS
+from paystream_telemetry.web import add_tracing
 from paystream_web.lifespan import closing_lifespan
 from paystream_web.service import (
     MetricsMiddleware,
@@ -132,6 +133,7 @@ def create_app(deps: IngestDeps) -> FastAPI:
         latency=deps.metrics.latency,
         routes=app.router.routes,
     )
+    add_tracing(app)  # outermost: the request's span covers the metrics middleware too
     return app
 
 

@@ -31,6 +31,8 @@ from paystream_messaging.commands import (
 from paystream_storage.db import tenant_session
 from paystream_storage.idempotency import reserve_idempotency_key
 from paystream_storage.models import Account, Attempt, Balance, Transaction
+from paystream_telemetry.logs import log_context
+from paystream_telemetry.tracing import span, traceparent_of, tracing_on
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,19 @@ async def accept_command(
     traceparent: str | None,
 ) -> dict[str, Any]:
     txn_id = transaction_id(tenant, idempotency_key)
+    with log_context(tenant=tenant, transaction=txn_id, traceparent=traceparent):
+        return await _accept(deps, tenant, idempotency_key, kind, request, traceparent, txn_id)
+
+
+async def _accept(
+    deps: IngestDeps,
+    tenant: uuid.UUID,
+    idempotency_key: str,
+    kind: str,
+    request: DepositRequest,
+    traceparent: str | None,
+    txn_id: uuid.UUID,
+) -> dict[str, Any]:
     # The destination enters the hash only as its mask: cleartext bank details are never
     # stored, not even hashed.
     fingerprint = request.model_dump(mode="json", exclude_none=True, exclude={"destination"})
@@ -90,22 +105,37 @@ async def accept_command(
         command = RequestWithdrawal(**fields, destination=destination)
     else:
         command = RequestDeposit(**fields)
-    event = command.to_event(source=SOURCE, traceparent=traceparent)
-    record = encode(event, deps.registry)
-    timeout_s = deps.settings.ingest_publish_timeout_ms / 1000
-    try:
-        await deps.publisher.publish(
-            deps.settings.topic(topics.COMMANDS), record, deadline_s=timeout_s + 2
-        )
-    except PublishFailed as exc:
-        deps.metrics.publish_failures.labels(str(exc.maybe_persisted).lower()).inc()
-        log.warning("command %s not acknowledged by Kafka: %s", txn_id, exc.reason)
-        raise Problem(
-            "broker-unavailable",
-            "the command could not be published; retry with the same Idempotency-Key",
-            headers={"Retry-After": str(deps.settings.ingest_retry_after_s)},
-        ) from exc
+    topic = deps.settings.topic(topics.COMMANDS)
+    attributes = (
+        {
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "paystream.tenant_id": str(tenant),
+            "paystream.transaction_id": str(txn_id),
+        }
+        if tracing_on()
+        else None
+    )
+    with span(f"publish {topic}", kind="producer", attributes=attributes) as publishing:
+        # Traced, the command carries the publish span's context (the request's span,
+        # itself the child of the client's traceparent, is its parent); untraced, the
+        # client's traceparent travels as it came.
+        carried = traceparent_of(publishing) if publishing is not None else traceparent
+        event = command.to_event(source=SOURCE, traceparent=carried)
+        record = encode(event, deps.registry)
+        timeout_s = deps.settings.ingest_publish_timeout_ms / 1000
+        try:
+            await deps.publisher.publish(topic, record, deadline_s=timeout_s + 2)
+        except PublishFailed as exc:
+            deps.metrics.publish_failures.labels(str(exc.maybe_persisted).lower()).inc()
+            log.warning("command %s not acknowledged by Kafka: %s", txn_id, exc.reason)
+            raise Problem(
+                "broker-unavailable",
+                "the command could not be published; retry with the same Idempotency-Key",
+                headers={"Retry-After": str(deps.settings.ingest_retry_after_s)},
+            ) from exc
     deps.metrics.commands.labels(kind).inc()
+    log.debug("%s %s accepted", kind, txn_id)
     return _accepted(txn_id, replay=False)
 
 

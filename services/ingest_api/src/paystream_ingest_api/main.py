@@ -18,6 +18,7 @@ from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.pool import HotPool
+from paystream_telemetry.process import setup_process
 from paystream_web.serving import serve
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ def build_deps(settings: IngestSettings, ring: KeyRing) -> IngestDeps:
 
 def app_factory() -> FastAPI:
     """The app with its dependencies from the environment (what the servers import)."""
+    # Here, not in run(): with several server workers each process builds its own app, and
+    # each needs its own log handler and span exporter.
+    setup_process("ingest-api")
     settings = load(IngestSettings)
     ring = KeyRing.from_settings(load(KeyRingSettings))
     return create_app(build_deps(settings, ring))

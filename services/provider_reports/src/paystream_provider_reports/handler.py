@@ -35,6 +35,7 @@ from paystream_storage.errors import TRANSIENT_DB_ERRORS
 from paystream_streams.batching import Batches
 from paystream_streams.handling import Retry, dead_letter, handle_record
 from paystream_streams.records import RawRecord
+from paystream_telemetry.messages import MessageSpans
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +106,43 @@ async def _one(deps: CallbackDeps, record: RawRecord) -> str:
 
 
 async def process(deps: CallbackDeps, records: Sequence[RawRecord]) -> list[str]:
-    """Handle a batch of callback records; one result per record, in order."""
+    """Handle a batch of callback records; one result per record, in order. Each callback
+    is a span in the trace of its ingress request (the CloudEvent's traceparent)."""
+    spans: MessageSpans[int] = MessageSpans("apply callback", len(records))
+    try:
+        results = await _process(deps, records, spans)
+    except BaseException as exc:
+        spans.fail(exc)
+        raise
+    if spans.recording:
+        spans.end(dict(enumerate(results)), attribute="paystream.callback.result")
+    return results
+
+
+async def _process(
+    deps: CallbackDeps, records: Sequence[RawRecord], spans: MessageSpans[int]
+) -> list[str]:
     results = [""] * len(records)
     gateways: dict[int, str] = {}
     verified: dict[uuid.UUID, list[_Verified]] = {}
     malformed: dict[uuid.UUID, list[AnomalyRecord]] = {}
     for index, record in enumerate(records):
         try:
-            callback = CallbackReceived.from_event(
-                decode(record.key, record.value, record.headers, deps.registry)
-            )
+            cloud_event = decode(record.key, record.value, record.headers, deps.registry)
+            callback = CallbackReceived.from_event(cloud_event)
         except InvalidEvent as exc:
             results[index] = await _dead_letter(deps, record, f"invalid_event: {exc.reason}")
             continue
         gateways[index] = callback.gateway
+        spans.add(
+            index,
+            cloud_event.traceparent,
+            {
+                "paystream.gateway": callback.gateway,
+                "paystream.tenant_id": callback.tenant_id,
+                "paystream.connection_id": callback.connection_id,
+            },
+        )
         try:
             _, gateway = await callback_gateway(
                 deps.gateways, deps.connections, callback.tenant_id, callback.connection_id

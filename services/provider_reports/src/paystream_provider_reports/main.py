@@ -29,6 +29,7 @@ from paystream_storage.pool import HotPool
 from paystream_streams import app as streams
 from paystream_streams.health import serve_health
 from paystream_streams.records import DeadLetters, KafkaDeadLetters, RawRecord
+from paystream_telemetry.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,14 @@ def build_deps_factory(
 def run_callback_worker() -> None:
     settings = load(CallbackWorkerSettings)
     ring = KeyRing.from_settings(load(KeyRingSettings))
+    setup_tracing("callback-worker")
     streams.run(create_app(settings, build_deps_factory(settings, ring)))
 
 
 def run_reconciler() -> None:
     settings = load(ReconcilerSettings)
     ring = KeyRing.from_settings(load(KeyRingSettings))
+    setup_tracing("reconciler")
     asyncio.run(_reconcile_forever(settings, ring))
 
 

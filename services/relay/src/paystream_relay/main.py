@@ -14,6 +14,7 @@ from paystream_messaging.cloudevents_codec import encode
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_relay.relay import OutboxRelay
+from paystream_telemetry.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def build_relay() -> tuple[OutboxRelay, RelaySettings]:
 
 def run() -> None:
     relay, settings = build_relay()
+    setup_tracing("relay")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -23,6 +23,7 @@ fresh producer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -36,6 +37,7 @@ from psycopg.rows import TupleRow, dict_row
 
 from paystream_messaging.cloudevents_codec import Event, KafkaRecord
 from paystream_relay.db_outage import TRANSIENT_DB_ERRORS, DbOutage
+from paystream_telemetry.messages import MessageSpans
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +143,16 @@ class OutboxRelay:
             if err is not None:
                 errors.append(str(err))
 
+        # Each row's publish is a span in its transaction's trace (the row's traceparent),
+        # ended once Kafka acknowledged the chunk; the event carries the span on.
+        spans: MessageSpans[int] = MessageSpans("relay publish", len(rows), "producer")
         for row in rows:
-            record = self.encode(_event_of(row))
+            event = _event_of(row)
+            if spans.on and event.traceparent is not None:
+                spans.add(row["id"], event.traceparent, _span_attributes(row))
+                traced = spans.traceparents().get(row["id"])
+                event = dataclasses.replace(event, traceparent=traced)
+            record = self.encode(event)
             while True:
                 try:
                     self.producer.produce(
@@ -160,7 +170,10 @@ class OutboxRelay:
         if remaining or errors:
             self.stats.failed_batches += 1
             detail = errors[0] if errors else f"{remaining} records unacknowledged"
-            raise PublishError(f"chunk of {len(rows)} not acknowledged: {detail}")
+            failure = PublishError(f"chunk of {len(rows)} not acknowledged: {detail}")
+            spans.fail(failure)
+            raise failure
+        spans.end()
 
     def run(self, stop: threading.Event, idle_poll_s: float = 1.0, linger_s: float = 0.0) -> None:
         """Publish until `stop` is set; sleeps on LISTEN/NOTIFY when there is nothing to do.
@@ -251,6 +264,17 @@ def _wait_for_notify(
             return
         if any(True for _ in listener.notifies(timeout=min(remaining, 0.25), stop_after=1)):
             return
+
+
+def _span_attributes(row: dict[str, Any]) -> dict[str, object]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.destination.name": row["topic"],
+        "paystream.tenant_id": row["tenant_id"],
+        "paystream.event_type": row["event_type"],
+        "paystream.event_id": row["event_id"],
+        "paystream.outbox_id": row["id"],
+    }
 
 
 def _event_of(row: dict[str, Any]) -> Event:
