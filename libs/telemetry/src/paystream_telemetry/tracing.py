@@ -139,11 +139,16 @@ def use_exporter(exporter: SpanExporter) -> None:
 
 
 def shutdown_tracing() -> None:
-    """Flush and stop the exporters (at process exit; the SDK also does it atexit)."""
+    """Flush and stop the exporters, and stop tracing (the SDK also flushes atexit)."""
     global _on, _shutdown
     if _shutdown is not None:
         _shutdown()
     _on, _shutdown = False, None
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    instrumentor = HTTPXClientInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
 
 
 def _resource(process: str, env: Mapping[str, str]) -> Resource:
