@@ -64,7 +64,12 @@ def test_one_deposit_is_one_trace_across_processes(traced: tuple[Stack, Path]) -
         }
         return spans if "paystream.transaction.succeeded.v1" in relayed else None
 
-    spans = wait_for(complete, timeout=30, interval=0.2, what="the deposit's relayed outcome")
+    spans = wait_for(
+        complete,
+        timeout=30,
+        interval=0.2,
+        what="the relay span of the succeeded outcome in the deposit's trace (storage must write the outbox row's traceparent: paystream_telemetry.carry.traceparent_for)",
+    )
     by_id = {s["span_id"]: s for s in spans}
 
     def one(name: str, **attributes: object) -> dict[str, Any]:

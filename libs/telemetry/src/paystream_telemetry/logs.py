@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final
@@ -37,17 +37,30 @@ _EMPTY: Final[Mapping[str, object]] = MappingProxyType({})
 _context: ContextVar[Mapping[str, object]] = ContextVar("paystream_log_context", default=_EMPTY)
 
 
-@contextmanager
-def log_context(**fields: object) -> Iterator[None]:
+class log_context(AbstractContextManager[None]):
     """Name the work at hand in every log line written inside the block (None values are
-    left out; inner blocks add to outer ones). Use `tenant`, `transaction`, `traceparent`."""
-    outer = _context.get()
-    named = {k: v for k, v in fields.items() if v is not None}
-    token = _context.set({**outer, **named} if outer else named)
-    try:
-        yield
-    finally:
-        _context.reset(token)
+    left out; inner blocks add to outer ones). Use `tenant`, `transaction`, `traceparent`.
+    A class, not a generator: it runs per payment on the hot path (a few hundred ns)."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: object) -> None:
+        self._fields = fields
+        self._token: Token[Mapping[str, object]] | None = None
+
+    def __enter__(self) -> None:
+        # None values are kept (cheaper than filtering) and skipped when a line is written;
+        # an inner None does not hide an outer value.
+        outer = _context.get()
+        fields = self._fields
+        if outer:
+            fields = {**outer, **{k: v for k, v in fields.items() if v is not None}}
+        self._token = _context.set(fields)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _context.reset(self._token)
+            self._token = None
 
 
 def context_fields() -> Mapping[str, object]:

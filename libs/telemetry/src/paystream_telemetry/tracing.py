@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from opentelemetry import context as otel_context
@@ -203,24 +203,34 @@ def link_of(traceparent: str | None) -> Link | None:
     return Link(trace.get_current_span(ctx).get_span_context())
 
 
-@contextmanager
+class _Off(AbstractContextManager[None]):
+    """What `span` returns when tracing is off: one shared object, nothing allocated."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_OFF: Final = _Off()
+
+
 def span(
     name: str,
     *,
     parent: str | Context | None = None,
     kind: Kind = "internal",
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A current span named `name` when tracing is on (child of `parent`: a traceparent
     or a context, else of the current span); None and no work at all when it is off."""
     if not _on:
-        yield None
-        return
+        return _OFF
     ctx = context_of(parent) if isinstance(parent, str) else parent
-    with tracer().start_as_current_span(
+    return tracer().start_as_current_span(
         name, context=ctx, kind=KINDS[kind], attributes=dict(attributes or {})
-    ) as current:
-        yield current
+    )
 
 
 @contextmanager
