@@ -68,7 +68,9 @@ def test_one_deposit_is_one_trace_across_processes(traced: tuple[Stack, Path]) -
         complete,
         timeout=30,
         interval=0.2,
-        what="the relay span of the succeeded outcome in the deposit's trace (storage must write the outbox row's traceparent: paystream_telemetry.carry.traceparent_for)",
+        # The relay joins the trace through the outbox row's traceparent, which storage
+        # writes from paystream_telemetry.carry.traceparent_for.
+        what="the relay span of the succeeded outcome in the deposit's trace",
     )
     by_id = {s["span_id"]: s for s in spans}
 
