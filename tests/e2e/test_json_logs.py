@@ -91,7 +91,7 @@ def test_withdrawal_lines_carry_ids_and_never_bank_details_or_secrets(stack: Sta
     # Every line of the processes is a JSON object, but the dev supervisor's own markers
     # ("--- <time> starting: ...") between runs.
     for service in ("ingest-api", "gateway-worker", "relay"):
-        lines = [line for line in logs[service].splitlines() if not line.startswith("--- ")]
-        assert lines, service
-        for line in lines:
-            assert isinstance(json.loads(line), dict), (service, line)
+        written = [text for text in logs[service].splitlines() if not text.startswith("--- ")]
+        assert written, service
+        for text in written:
+            assert isinstance(json.loads(text), dict), (service, text)
