@@ -50,6 +50,7 @@ from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import APP_ROLE
 from paystream_storage.outbox import shard_for
 from paystream_storage.pool import HotPool
+from paystream_telemetry.carry import traceparent_for
 
 
 class ConcurrentChange(RuntimeError):
@@ -153,9 +154,9 @@ RETURNING t.id
 """
 _ADD_OUTBOX = """
 INSERT INTO outbox (tenant_id, topic, key, shard, event_id, event_type, source, occurred_at,
-  data)
+  data, traceparent)
 SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::smallint[], %s::uuid[], %s::text[],
-  %s::text[], %s::timestamptz[], %s::jsonb[])
+  %s::text[], %s::timestamptz[], %s::jsonb[], %s::text[])
 """
 _ATTEMPTS = f"""
 SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE transaction_id = ANY(%s::uuid[])
@@ -586,9 +587,10 @@ class PgPaymentUnit:
                     source,
                     t.at,
                     Jsonb(data),
+                    traceparent_for(t.after.id),
                 )
             )
-        await self._conn.execute(_ADD_OUTBOX, (self.tenant, *_columns(rows, 8)))
+        await self._conn.execute(_ADD_OUTBOX, (self.tenant, *_columns(rows, 9)))
 
     # --- attempts ----------------------------------------------------------------------------
 
@@ -748,9 +750,10 @@ class PgPaymentUnit:
                     source,
                     at,
                     Jsonb(data),
+                    None,
                 )
             )
-        await self._conn.execute(_ADD_OUTBOX, (self.tenant, *_columns(rows, 8)))
+        await self._conn.execute(_ADD_OUTBOX, (self.tenant, *_columns(rows, 9)))
 
     async def unresolved_count(self, *, horizon_s: float, stuck_processing_s: float) -> int:
         rows = await self._rows(_UNRESOLVED, (horizon_s, stuck_processing_s))
