@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # PyYAML without types-PyYAML in .venv
+import yaml
 
 
 def strict(node: Any) -> Any:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 RULES = OBSERVABILITY / "alerts.yml"

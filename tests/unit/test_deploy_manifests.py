@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]  # PyYAML without types-PyYAML in .venv
+import yaml
 from pydantic_settings import BaseSettings
 
 from paystream_callback_ingress.settings import CallbackIngressSettings

@@ -46,7 +46,7 @@ def test_metric_names_are_read_from_promql() -> None:
 
 
 def test_every_rule_has_a_severity_and_a_summary() -> None:
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     doc = yaml.safe_load(RULES.read_text())
     alerts = [rule for group in doc["groups"] for rule in group["rules"]]

@@ -49,5 +49,6 @@ def test_consumer_groups_keep_their_names() -> None:
     gateway = GatewayWorkerSettings.model_fields["worker_group"].default
     callback = CallbackWorkerSettings.model_fields["callback_worker_group"].default
     assert (gateway, callback) == ("paystream-gateway-worker", "paystream-callback-worker")
-    manifests = (Path(__file__).parents[2] / "deploy" / "k8s" / "services.yaml").read_text()
-    assert f"consumerGroup: {gateway}" in manifests
+    base = Path(__file__).parents[2] / "deploy" / "k8s" / "base"
+    assert f"consumerGroup: {gateway}" in (base / "gateway-worker.yaml").read_text()
+    assert f"consumerGroup: {callback}" in (base / "callback-worker.yaml").read_text()
