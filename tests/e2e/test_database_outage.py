@@ -126,6 +126,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, database: EmbeddedPostgres) 
         tmp_path_factory.mktemp("outage"),
         PAYSTREAM_DATABASE_URL=database.url,
         PAYSTREAM_RECONCILER_INTERVAL_S="2",
+        # Lookups that failed during the outage are retried within seconds, not minutes.
+        PAYSTREAM_RECONCILER_BACKOFF_BASE_S="1",
+        PAYSTREAM_RECONCILER_BACKOFF_MAX_S="5",
     ) as s:
         yield s
 
