@@ -17,6 +17,7 @@ everything in memory, so if it dies the stack stops loudly (see `_kafka_lost`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -174,9 +175,10 @@ def run(home: Path) -> int:
             ),
         }
         running = services()
+        # Before the brokers and the database go (the stack unwinds in reverse order).
+        stack.callback(_stop_all, running)
         for service in running:
             _start(service, env, logs)
-            stack.callback(_stop, service)
             if service.ready_url:
                 _wait_ready(service, stop)
             if service.name == "sandbox" and not stop.is_set():
@@ -295,6 +297,14 @@ def _start(service: Service, env: dict[str, str], logs: Path) -> None:
 def _stop(service: Service) -> None:
     if service.child is not None:
         service.child.stop(15.0)
+
+
+def _stop_all(running: list[Service]) -> None:
+    """SIGTERM every service at once and wait for them all, as an orchestrator does: one
+    after the other, the workers' graceful shutdowns added up to 7-9 s per stop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(running) or 1) as pool:
+        for done in pool.map(_stop, running):
+            del done
 
 
 def _wait_ready(service: Service, stop: threading.Event) -> None:
