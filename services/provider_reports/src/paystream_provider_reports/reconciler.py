@@ -35,7 +35,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -88,19 +88,27 @@ class _Target:
 _LOOKED_AFTER = RECONCILED | {Status.PROCESSING}
 
 
+async def every(
+    interval_s: float, work: Callable[[], Awaitable[object]], stop: asyncio.Event, what: str
+) -> None:
+    """Run `work` every `interval_s` until `stop`; a failed run (a database outage) is
+    logged and the next one comes on schedule."""
+    while not stop.is_set():
+        try:
+            await work()
+        except Exception:
+            log.exception("%s failed", what)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+
+
 class Reconciler:
     def __init__(self, deps: CallbackDeps, settings: ReconcilerSettings) -> None:
         self.deps = deps
         self.settings = settings
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:  # a DB outage: try again next round
-                log.exception("reconciler round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.reconciler_interval_s)
+        await every(self.settings.reconciler_interval_s, self.run_once, stop, "reconciler round")
 
     async def run_once(self) -> dict[str, int]:
         """One round over what is due; returns counts by result."""
@@ -356,13 +364,8 @@ class AuditExporter:
         self.settings = settings
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:  # a DB outage: the gauges keep their last values; try again
-                log.exception("money audit failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.reconciler_audit_interval_s)
+        # A failed run (a DB outage) leaves the gauges at their last values.
+        await every(self.settings.reconciler_audit_interval_s, self.run_once, stop, "money audit")
 
     async def run_once(self) -> Mapping[str, int]:
         s = self.settings
@@ -400,13 +403,7 @@ class BacklogExporter:
         self.settings = settings
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:  # a DB outage: the gauges keep their last values; try again
-                log.exception("reading the backlog failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.reconciler_interval_s)
+        await every(self.settings.reconciler_interval_s, self.run_once, stop, "backlog read")
 
     async def run_once(self) -> Backlog:
         backlog = await self.source.read()
