@@ -390,6 +390,24 @@ async def test_a_redo_refused_without_an_answer_is_unknown(env: Env) -> None:
     assert attempts(env, txn) == [(1, "gw_a", "ambiguous", "redo_connect_failed")]
 
 
+async def test_a_retry_refused_after_a_timeout_is_looked_up_not_a_fallback(env: Env) -> None:
+    """The first try may have executed at gw_a; its retry refused (e.g. by a breaker that
+    other calls opened) proves nothing: no second gateway is paid on that alone."""
+    answers = [timeout, refused, refused]
+
+    def first_times_out(request: PaymentRequest) -> Outcome:
+        return answers.pop(0)(request)
+
+    a = env.gateway("gw_a", first_times_out)
+    a.lookup = lambda q: NotFound(conclusive=False)
+    b = env.gateway("gw_b", ok)
+    txn, record = env.command()
+    await env.run(record)
+    assert b.calls == []
+    assert env.store.status(txn) == Status.UNKNOWN
+    assert attempts(env, txn) == [(1, "gw_a", "ambiguous", "timeout")]
+
+
 # --- batches -------------------------------------------------------------------------------
 
 

@@ -67,7 +67,12 @@ async def call_with_resilience(
     gateway: str,
 ) -> T:
     """Retry ambiguous failures (same request, same key); NotExecuted and results pass
-    through. An open breaker becomes NotExecuted(BREAKER_OPEN): nothing was sent."""
+    through. An open breaker becomes NotExecuted(BREAKER_OPEN): nothing was sent.
+
+    A retry refused before it ran (breaker open, connection refused) after an earlier try
+    was ambiguous proves nothing about that earlier try: the answer stays Ambiguous, so the
+    caller looks the key up instead of falling back to another gateway."""
+    earlier: Ambiguous | None = None
     async for attempt in AsyncRetrying(
         stop=stop_after_attempt(attempts),
         wait=_Backoff(base_s, max_s),
@@ -75,20 +80,36 @@ async def call_with_resilience(
         reraise=True,
     ):
         with attempt:
-            sent = False
             try:
-                with breaker.calling():
-                    sent = True
-                    return await call()
-            except pybreaker.CircuitBreakerError as exc:
-                if sent:
-                    # pybreaker trips *on* a failing call and raises its own error instead
-                    # of the call's: that call may have executed, so keep its real error.
-                    original = exc.__context__
-                    if isinstance(original, Ambiguous | NotExecuted):
-                        raise original from None
-                    raise Ambiguous(gateway, AmbiguousReason.SERVER_ERROR, str(exc)) from exc
-                raise NotExecuted(
-                    gateway, NotExecutedReason.BREAKER_OPEN, "circuit breaker open"
+                return await _try_once(breaker, call, gateway)
+            except Ambiguous as exc:
+                earlier = exc
+                raise
+            except NotExecuted as exc:
+                if earlier is None:
+                    raise
+                raise Ambiguous(
+                    gateway,
+                    earlier.reason,
+                    f"{earlier.message}; the retry was not executed ({exc.reason})",
                 ) from exc
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _try_once(
+    breaker: pybreaker.CircuitBreaker, call: Callable[[], Awaitable[T]], gateway: str
+) -> T:
+    sent = False
+    try:
+        with breaker.calling():
+            sent = True
+            return await call()
+    except pybreaker.CircuitBreakerError as exc:
+        if sent:
+            # pybreaker trips *on* a failing call and raises its own error instead of the
+            # call's: that call may have executed, so keep its real error.
+            original = exc.__context__
+            if isinstance(original, Ambiguous | NotExecuted):
+                raise original from None
+            raise Ambiguous(gateway, AmbiguousReason.SERVER_ERROR, str(exc)) from exc
+        raise NotExecuted(gateway, NotExecutedReason.BREAKER_OPEN, "circuit breaker open") from exc
