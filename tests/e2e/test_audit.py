@@ -117,7 +117,8 @@ def test_audit_passes_after_a_load_with_a_crash_and_names_each_corruption(stack:
         done = sum(statuses.values()) == len(txns) and not set(statuses) & set(OPEN)
         return statuses if done else None
 
-    statuses = wait_for(settled, timeout=60, interval=0.2, what="every transaction settled")
+    # A killed worker's partitions wait for its session timeout, restart and group join.
+    statuses = wait_for(settled, timeout=180, interval=0.2, what="every transaction settled")
     assert {"succeeded", "failed", "rejected"} <= set(statuses), statuses
 
     clean = _audit(stack)

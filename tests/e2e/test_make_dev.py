@@ -109,11 +109,11 @@ def test_make_dev_starts_writes_env_and_stops_cleanly(tmp_path: Path) -> None:
 
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-        budget = max(0.1, 10 - (time.monotonic() - started))
+        proc.wait(timeout=30)  # a clean stop, not a fast one, is what is tested
+        budget = max(0.1, 30 - (time.monotonic() - started))
         _gone, alive = psutil.wait_procs(family, timeout=budget)
         assert not alive, f"left running after SIGTERM: {[_cmdline(p) for p in alive]}"
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 30
         assert not dev_env.exists(), "dev.env outlived the stack it describes"
     finally:
         if proc.poll() is None:

@@ -94,7 +94,7 @@ def test_kill_9_the_workers_under_load_moves_no_money_twice(stack: Stack) -> Non
         txns, sent_rate = _offer(stack)
         done.set()
         kills = kills_future.result()
-    assert sum(kills.values()) >= 4, f"only {dict(kills)} kills happened during the load"
+    assert sum(kills.values()) >= 3, f"only {dict(kills)} kills happened during the load"
     assert len(set(txns)) == COMMANDS
 
     wait_for(lambda: _settled(stack) >= COMMANDS, timeout=300, interval=0.5, what="all settled")

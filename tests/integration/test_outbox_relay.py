@@ -58,7 +58,9 @@ def test_kill_9_while_publishing_loses_nothing(relay_env: RelayEnv) -> None:
                 PAYSTREAM_RELAY_BATCH_SIZE="500",
                 PAYSTREAM_RELAY_PUBLISH_CHUNK=str(CHUNK),
             )
-            target = 2_000 * (round_no + 1)
+            # Early targets leave thousands of rows after the last kill: a busy machine
+            # that is slow to notice a target still kills inside the backlog.
+            target = 1_000 * (round_no + 1)
             wait_for(
                 lambda p=proc, t=target: on_topic() >= t or p.poll() is not None,  # type: ignore[misc]
                 timeout=60,

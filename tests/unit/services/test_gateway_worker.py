@@ -185,7 +185,7 @@ async def test_breaker_opens_after_failures_then_recovers(env: Env) -> None:
     assert env.store.status(second) == Status.SUCCEEDED
     assert attempts(env, second)[0] == (1, "gw_a", "not_executed", "breaker_open")
     env.gateway("gw_a", ok)
-    await asyncio.sleep(0.16)  # the breaker's reset timeout (0.15 s) must pass
+    await asyncio.sleep(1.05)  # the breaker's reset timeout (1 s) must pass
     third, record = env.command()
     await env.run(record)
     assert str(env.deps.breakers.of("gw_a").current_state) == "closed"

@@ -108,7 +108,7 @@ def make_env() -> Env:
         worker_retry_base_s=0.001,
         worker_retry_max_s=0.01,
         breaker_fail_max=3,
-        breaker_reset_timeout_s=0.15,
+        breaker_reset_timeout_s=1.0,
     )
     dead = CollectedDeadLetters()
     deps = WorkerDeps(
