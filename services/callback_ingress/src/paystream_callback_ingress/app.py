@@ -73,7 +73,12 @@ def create_app(deps: IngressDeps) -> FastAPI:
         redoc_url=None,
     )
 
-    install_problem_handlers(app, Problem, unavailable=TRANSIENT_DB_ERRORS)
+    install_problem_handlers(
+        app,
+        Problem,
+        unavailable=TRANSIENT_DB_ERRORS,
+        retry_after_s=deps.settings.callback_retry_after_s,
+    )
 
     @app.post("/v1/callbacks/{gateway}/{connection_id}", operation_id="receiveCallback")
     async def receive(request: Request, gateway: str, connection_id: str) -> Response:
