@@ -11,7 +11,7 @@ import httpx
 import pytest
 import stripe
 
-from paystream_gateways import Ambiguous, Declined, Pending
+from paystream_gateways import Ambiguous, Declined, NotExecuted, Pending
 from paystream_sandbox.client import SandboxAdmin
 from tests.integration.gateways.conftest import make_case, payment
 from tests.integration.gateways.support import CallbackReceiver
@@ -273,3 +273,22 @@ async def test_provision_gives_working_connection_credentials(
         assert gateway.parse_callback(hook.body).reference == request.idempotency_key
     finally:
         await gateway.aclose()
+
+
+async def test_decline_rate_is_exact_and_calls_are_counted(sandbox: SandboxAdmin) -> None:
+    case = make_case("json", sandbox.base_url)
+    sandbox.register_account("json", case.account, api_secret=case.api_secret)
+    sandbox.set_faults("json", decline_rate=0.6)
+    before = sandbox.calls()["json"]
+    gateway = case.gateway()
+    try:
+        outcomes = [await gateway.deposit(payment()) for _ in range(10)]
+        sandbox.set_faults("json", down=True)
+        with pytest.raises(NotExecuted):  # refused: still a call the provider received
+            await gateway.deposit(payment())
+    finally:
+        await gateway.aclose()
+    declined = [o for o in outcomes if isinstance(o, Declined)]
+    assert len(declined) == 6  # evenly spread, not drawn: exactly 60% of 10
+    assert {o.code for o in declined} == {"do_not_honor"}
+    assert sandbox.calls()["json"] - before == 11

@@ -8,6 +8,7 @@ GET  /_sandbox/faults/{provider}
 PUT  /_sandbox/faults/{provider}        Faults (replaces; omitted fields reset to defaults)
 POST /_sandbox/reset                    {accounts: false}
 GET  /_sandbox/ledger                   ?provider&reference&idempotency_key&kind
+GET  /_sandbox/calls                    write calls received per provider (refused included)
 GET  /_sandbox/callbacks                ?provider&reference&event_id
 GET  /_sandbox/redirect/{provider}/{id} ?result=succeeded|failed  (the customer's 3-D Secure)
 POST /_sandbox/settle/{provider}/{id}   {result: succeeded|failed, code?}
@@ -112,6 +113,10 @@ def router(sandbox: Sandbox) -> APIRouter:
             and (kind is None or p.kind == kind)
         ]
         return {"data": rows, "count": len(rows)}
+
+    @api.get("/calls")
+    async def calls() -> dict[str, int]:
+        return dict(sandbox.calls)
 
     @api.get("/callbacks")
     async def callbacks(

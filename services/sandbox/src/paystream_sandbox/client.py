@@ -100,6 +100,11 @@ class SandboxAdmin:
         rows: list[dict[str, Any]] = self._ok(self._http.get("/ledger", params=filters))["data"]
         return rows
 
+    def calls(self) -> dict[str, int]:
+        """Write calls each provider received, refused ones included."""
+        counts: dict[str, int] = self._ok(self._http.get("/calls"))
+        return counts
+
     def callbacks(self, **filters: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._ok(self._http.get("/callbacks", params=filters))["data"]
         return rows

@@ -43,6 +43,10 @@ class Faults(BaseModel):
     timeout: bool = False  # execute, then hold the answer (the client times out)
     timeout_hold_ms: int | None = Field(default=None, ge=0, le=600_000)
     decline_code: str | None = None  # decline every payment with this code
+    # Decline this fraction of new payments (with `decline_rate_code`), spread evenly rather
+    # than drawn at random, so a test that sends N payments sees exactly round(N * rate).
+    decline_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    decline_rate_code: str = Field(default="do_not_honor", pattern=r"^[a-z0-9_.]{1,64}$")
     default_outcome: Literal["succeeded", "pending", "action_required"] = "succeeded"
     duplicate_callbacks: bool = False  # deliver every callback twice
     out_of_order_callbacks: bool = False  # deliver the final callback before earlier ones
@@ -213,6 +217,10 @@ class Sandbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self._release: asyncio.Event | None = None
+        # Write calls received per provider, refused ones included (GET /_sandbox/calls):
+        # what a circuit breaker is meant to save a provider from.
+        self.calls: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
+        self._declinable: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -237,6 +245,8 @@ class Sandbox:
         self.deliveries.clear()
         self._idempotency.clear()
         self.faults = {p: Faults() for p in PROVIDERS}
+        self.calls = dict.fromkeys(PROVIDERS, 0)
+        self._declinable = dict.fromkeys(PROVIDERS, 0)
         if accounts:
             self.accounts.clear()
 
@@ -297,6 +307,7 @@ class Sandbox:
     ) -> StoredResponse:
         """Faults, idempotency and execution, in the order a real provider applies them."""
         faults = self.faults[provider]
+        self.calls[provider] += 1
         await self.simulate_latency(provider)
         try:
             parsed = parse_scenario(scenario)
@@ -320,7 +331,9 @@ class Sandbox:
                     replay.status, replay.body, replay.media_type, {**replay.headers, name: value}
                 )
             self._idempotency[slot] = _IdemRecord(fingerprint)
-        decision = parsed if isinstance(parsed, Decision) else self._default(faults, default)
+        decision = (
+            parsed if isinstance(parsed, Decision) else self._default(provider, faults, default)
+        )
         try:
             response = execute(decision)
         except BaseException:
@@ -335,9 +348,16 @@ class Sandbox:
             return shapes.server_error()
         return response
 
-    def _default(self, faults: Faults, default: Decision) -> Decision:
+    def _default(self, provider: str, faults: Faults, default: Decision) -> Decision:
         if faults.decline_code:
             return Decision("declined", failure_code=faults.decline_code)
+        if faults.decline_rate:
+            # The n-th payment is declined when n * rate crosses an integer: exactly
+            # round(N * rate) of N, evenly spread.
+            n = self._declinable[provider]
+            self._declinable[provider] = n + 1
+            if int((n + 1) * faults.decline_rate) > int(n * faults.decline_rate):
+                return Decision("declined", failure_code=faults.decline_rate_code)
         if default.status != "succeeded" or faults.default_outcome == "succeeded":
             return default  # the request itself (e.g. a test payment method) decided
         if faults.default_outcome == "pending":
