@@ -8,6 +8,7 @@ from typing import Protocol
 
 from paystream_core.ports import PaymentStore
 from paystream_gateway_worker.metrics import WorkerMetrics
+from paystream_gateway_worker.routing_state import RoutingState
 from paystream_gateway_worker.settings import GatewayWorkerSettings
 from paystream_gateways.protocol import Gateway
 from paystream_gateways.resilience import Breakers
@@ -30,6 +31,10 @@ class WorkerDeps:
     dead_letters: DeadLetters
     breakers: Breakers
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    routing: RoutingState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.routing = RoutingState(self.settings, self.metrics.registry)
 
     def count_dead(self, reason: str) -> None:
         self.metrics.dead_letters.labels(reason).inc()
