@@ -4,7 +4,8 @@ PostgreSQL with the provider sandbox over HTTP: the worker's own intake records 
 reconciler (a) concludes it when the provider has the payment, (b) queues the command again
 when the provider proves it absent, through the outbox, the relay and the broker, and the
 worker resumes it with the same key, (c) marks it `unknown` past the horizon when lookups
-keep failing, never `failed`."""
+keep failing, never `failed`; (d) never takes a worker's redo of the attempt, in flight,
+for a call a dead worker left (a redo restarts the attempt's clock)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from pydantic import SecretStr
 from paystream_config import DatabaseSettings, KafkaSettings
 from paystream_core.ids import attempt_idempotency_key, payload_hash, transaction_id
 from paystream_gateway_worker.deps import WorkerDeps
+from paystream_gateway_worker.execution import Plan, plan_attempts, run
 from paystream_gateway_worker.handler import handle
 from paystream_gateway_worker.intake import Accepted, intake
 from paystream_gateway_worker.settings import GatewayWorkerSettings
-from paystream_gateways.connections import ConnectionRepository
+from paystream_gateways.connections import ConnectionRecord, ConnectionRepository
 from paystream_gateways.manager import DbConnectionSource, GatewayManager
 from paystream_gateways.registry import default_registry
 from paystream_gateways.resilience import Breakers
@@ -366,3 +368,86 @@ async def test_lookups_that_keep_failing_end_in_unknown_never_failed(env: Env) -
     assert env.status(txn) == "unknown"
     assert env.balance(account) == (0, 0)
     assert env.query("SELECT count(*) FROM outbox WHERE topic = %s", COMMANDS) == [(0,)]
+
+
+# --- a redo in flight is not a call a dead worker left ------------------------------------
+
+
+def _worker_died_long_ago(env: Env, txn: uuid.UUID) -> None:
+    env.query(
+        "UPDATE attempts SET started_at = now() - interval '200 seconds'"
+        " WHERE transaction_id = %s RETURNING id",
+        txn,
+    )
+    env.query(
+        "UPDATE transactions SET updated_at = now() - interval '200 seconds'"
+        " WHERE id = %s RETURNING id",
+        txn,
+    )
+
+
+async def _redo_planned(env: Env, txn: uuid.UUID) -> Plan:
+    """The command came back (a redelivery): the worker plans the redo of the started
+    attempt, committed, and is about to call (or calling) the provider."""
+    async with env.worker.store.unit(env.tenant) as unit:
+        [plan] = await plan_attempts(env.worker, unit, [txn])
+    assert (plan.redo, plan.seq) == (True, 1)
+    return plan
+
+
+async def _redo_finishes_once(env: Env, txn: uuid.UUID, plan: Plan) -> None:
+    await run(env.worker, [plan])
+    assert env.status(txn) == "succeeded"
+    assert len(env.executed(txn)) == 1, "paid once"
+    assert env.query("SELECT count(*) FROM outbox WHERE topic = %s", COMMANDS) == [(0,)]
+
+
+async def test_a_redo_in_flight_is_not_due(env: Env) -> None:
+    txn, _, _ = await env.crash_during_call()
+    _worker_died_long_ago(env, txn)
+    plan = await _redo_planned(env, txn)
+    # Its provider has not seen the redo yet ("not found"): a reconciler that took the old
+    # started_at for a dead worker's would queue the command again, and a second worker
+    # would redo the same attempt, or fall back to the next gateway, while this one calls.
+    assert await env.reconciler(reconciler_processing_age_s=120).run_once() == {}
+    assert env.status(txn) == "processing"
+    await _redo_finishes_once(env, txn, plan)
+
+
+class _RedoDuringLookup:
+    """The connection source the reconciler reads just before its lookup: the first read
+    lets a worker plan its redo first (the race: found due, then redone, then looked up)."""
+
+    def __init__(self, inner: DbConnectionSource, redo: Callable[[], Awaitable[None]]) -> None:
+        self.inner = inner
+        self.redo: Callable[[], Awaitable[None]] | None = redo
+
+    async def load(self, tenant_id: uuid.UUID, connection_id: uuid.UUID) -> ConnectionRecord | None:
+        if self.redo is not None:
+            redo, self.redo = self.redo, None
+            await redo()
+        return await self.inner.load(tenant_id, connection_id)
+
+    async def load_by_code(
+        self, tenant_id: uuid.UUID, gateway_code: str, code: str
+    ) -> ConnectionRecord | None:
+        return await self.inner.load_by_code(tenant_id, gateway_code, code)
+
+
+async def test_a_redo_between_the_lookup_and_its_resolution_is_left_alone(env: Env) -> None:
+    txn, _, _ = await env.crash_during_call()
+    _worker_died_long_ago(env, txn)
+    plans: list[Plan] = []
+
+    async def redo() -> None:
+        plans.append(await _redo_planned(env, txn))
+
+    assert isinstance(env.deps.connections, DbConnectionSource)
+    env.deps.connections = _RedoDuringLookup(env.deps.connections, redo)
+    reconciler = env.reconciler(reconciler_processing_age_s=120)
+    # Due (the attempt looked abandoned), proven absent (the redo has not called yet), but
+    # under the transaction's lock the attempt was started again since: left to the worker.
+    assert await reconciler.reconcile(env.tenant, txn) == "attempt_redone"
+    assert env.status(txn) == "processing"
+    [plan] = plans
+    await _redo_finishes_once(env, txn, plan)

@@ -453,6 +453,15 @@ class FakeUnit:
             inserted.add(a.id)
         return inserted
 
+    async def restart_attempts(self, attempt_ids: Collection[uuid.UUID]) -> None:
+        now = self._now()
+        for attempt_id in attempt_ids:
+            stored = self._s.attempts.get(attempt_id)
+            if stored is None or stored.tenant_id != self.tenant:
+                continue  # an UPDATE that matches no visible row
+            if stored.status == AttemptStatus.STARTED:
+                self._s.attempts[attempt_id] = dataclasses.replace(stored, started_at=now)
+
     async def save_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
         for a in attempts:
             stored = self._s.attempts.get(a.id)

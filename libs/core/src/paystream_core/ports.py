@@ -137,6 +137,11 @@ class PaymentUnit(Protocol):
 
     async def save_attempts(self, attempts: Sequence[AttemptRecord]) -> None: ...
 
+    async def restart_attempts(self, attempt_ids: Collection[uuid.UUID]) -> None:
+        """Those attempts, still `started`, are being made again (a redo): their
+        `started_at` becomes now. The reconciler takes a `started` attempt older than its
+        age for one a dead worker left, so a redo in flight must look young."""
+
     async def find_attempts(self, keys: Collection[AttemptKey]) -> dict[AttemptKey, AttemptRecord]:
         """The attempt each key names (by our key, else the provider's newest reference)."""
         ...

@@ -179,6 +179,10 @@ FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text
   AS v(id, status, provider_reference, error_class, error_code, error_message, finished_at)
 WHERE a.id = v.id
 """
+# now(): the database's clock, the one `paystream_processing_due` compares with.
+_RESTART_ATTEMPTS = """
+UPDATE attempts SET started_at = now() WHERE id = ANY(%s::uuid[]) AND status = 'started'
+"""
 _FIND_ATTEMPTS = f"""
 SELECT {_ATTEMPT_COLUMNS} FROM attempts
 WHERE connection_id = ANY(%s::uuid[])
@@ -645,6 +649,10 @@ class PgPaymentUnit:
             for a in attempts
         ]
         await self._conn.execute(_SAVE_ATTEMPTS, _columns(rows, 7))
+
+    async def restart_attempts(self, attempt_ids: Collection[uuid.UUID]) -> None:
+        if attempt_ids:
+            await self._conn.execute(_RESTART_ATTEMPTS, (list(attempt_ids),))
 
     async def find_attempts(self, keys: Collection[AttemptKey]) -> dict[AttemptKey, AttemptRecord]:
         if not keys:

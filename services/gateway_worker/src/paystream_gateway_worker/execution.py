@@ -129,6 +129,7 @@ async def plan_attempts(
     txns = {**known, **(await unit.lock_transactions(unknown) if unknown else {})}
     plans: list[Plan] = []
     failures: list[Transition] = []
+    redos: list[uuid.UUID] = []
     todo = [txns[i] for i in txn_ids if i in txns]
     fresh = {t.id for t in todo if known_attempts.get(t.id) == []}
     for _ in range(_MAX_RACES):
@@ -144,6 +145,7 @@ async def plan_attempts(
                 case None:
                     continue  # finished, waiting for a callback, or with the reconciler
                 case Redo(attempt=attempt):
+                    redos.append(attempt.id)
                     plans.append(
                         _plan_of(
                             deps,
@@ -185,6 +187,11 @@ async def plan_attempts(
                 )
             else:
                 todo.append(txn)  # a racing worker recorded this seq first: read it again
+    # A redo is a call in flight again: its attempt must not look abandoned to the
+    # reconciler (which takes a `started` attempt older than its age for one a dead worker
+    # left, and may queue it again or let the next gateway be tried: two executions).
+    # Committed with this unit, before the call.
+    await unit.restart_attempts(redos)
     if failures:
         await unit.apply(failures, source=SOURCE)
     return plans

@@ -14,7 +14,9 @@
   applied like a callback; proven absent -> the command is queued again through the outbox,
   and the worker resumes it as a redelivery (same key; its own fallback rules); nothing
   conclusive -> backoff; past `reconciler_processing_horizon_s` -> `unknown` (the lookups
-  above take over), never `failed`.
+  above take over), never `failed`. A worker that redoes the attempt (a redelivery) restarts
+  its `started_at` before it calls, so a redo in flight is not due; one that started while
+  we looked it up is left to the worker (re-checked under the transaction's lock).
 
 The rules are `paystream_core.reports.reconcile`. No database transaction is open during a
 lookup: read, call, then lock and re-check.
@@ -81,6 +83,9 @@ class _Target:
     connection_id: uuid.UUID
     gateway: str
     query: StatusQuery
+    # When the looked-up attempt was (last) started: a worker that redoes it moves this, so
+    # a resolution under the lock can tell that the call it looked up is in flight again.
+    started_at: datetime | None = None
 
 
 # What the reconciler looks up: transactions waiting for a provider or a customer, and those
@@ -174,6 +179,10 @@ class Reconciler:
             stuck = txn.status == Status.PROCESSING
             if stuck and (not attempts or attempts[-1].status != AttemptStatus.STARTED):
                 return None  # the worker finished the call or is recording the next one
+            if stuck and not _older_than(
+                attempts[-1].started_at, self.settings.reconciler_processing_age_s
+            ):
+                return None  # a worker (re)started the call since it was found due
             if not attempts:  # pending without an attempt cannot happen; say so
                 await self._book(unit, txn, "no_attempt")
                 return None
@@ -193,6 +202,7 @@ class Reconciler:
                 attempt.connection_id,
                 attempt.gateway_code,
                 query,
+                attempt.started_at,
             )
 
     async def _look_up(
@@ -271,6 +281,11 @@ class Reconciler:
         if newest.idempotency_key != target.attempt_key or newest.status != AttemptStatus.STARTED:
             # The worker finished this call, or fell back, while we asked: it carries on.
             return "attempt_moved_on"
+        if newest.started_at != target.started_at:
+            # A worker redid the call while we asked: our "not found" may predate its call,
+            # which is in flight. Acting on it (queue the command again, let the next gateway
+            # be tried) could execute the payment twice; the worker carries on.
+            return "attempt_redone"
         horizon = self.settings.reconciler_processing_horizon_s
         decision = resume_processing(found, past_horizon=_older_than(newest.started_at, horizon))
         now = datetime.now(UTC)
