@@ -59,3 +59,6 @@ class AttemptRecord:
     error_message: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Why this gateway was tried then (`paystream_core.ranking`), for operators; None for
+    # attempts recorded before routing kept it.
+    route_reason: str | None = None

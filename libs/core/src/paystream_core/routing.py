@@ -2,6 +2,7 @@
 
 The configuration (routes per country and type, gateway limits, the tenant's connections)
 is read by the storage layer, possibly from a cache; the rule lives here.
+`paystream_core.ranking` then orders the candidates by recent health and weight.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Route:
     currencies: frozenset[str]
     min_amount_minor: int
     max_amount_minor: int | None
+    # Its share of the volume among routes of equal priority (`paystream_core.ranking`).
+    weight: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class Candidate:
     provider: str
     connection_id: uuid.UUID
     priority: int
+    weight: int = 100
 
 
 def candidates(
@@ -76,7 +80,11 @@ def candidates(
             continue
         for connection in usable.get(route.gateway, ()):
             candidate = Candidate(
-                route.gateway, route.provider, connection.connection_id, route.priority
+                route.gateway,
+                route.provider,
+                connection.connection_id,
+                route.priority,
+                route.weight,
             )
             ranked.append((route.priority, connection.created_at, candidate))
     ranked.sort(key=lambda entry: (entry[0], entry[1]))
