@@ -2,13 +2,17 @@
 
 pybreaker cannot decorate `async def`; `with breaker.calling(): await call()` counts what
 the block raises. Only gateway *health* failures trip it: a decline is a healthy answer.
+`Breakers` keeps them in this process; `paystream_gateways.shared_breakers` shares them
+with every worker, with an admission step (the half-open probe lease) before pybreaker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 
 import pybreaker
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
@@ -38,6 +42,21 @@ class Breakers:
 
     def states(self) -> dict[str, str]:
         return {name: str(b.current_state) for name, b in self._by_gateway.items()}
+
+    def view(self) -> dict[str, dict[str, Any]]:
+        """What /healthz shows: each breaker's state, as this process knows it."""
+        return {name: {"state": state} for name, state in self.states().items()}
+
+
+class AdmittingBreaker(pybreaker.CircuitBreaker):
+    """A breaker that admits a call itself before pybreaker runs it (the shared breakers'
+    probe lease). Refusing raises pybreaker.CircuitBreakerError before anything is sent."""
+
+    def admitted(self) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    def note_failure(self, exc: BaseException) -> None:
+        """Told what a failing call raised, just before pybreaker counts it."""
 
 
 class _Backoff(wait_base):
@@ -100,10 +119,19 @@ async def _try_once(
     breaker: pybreaker.CircuitBreaker, call: Callable[[], Awaitable[T]], gateway: str
 ) -> T:
     sent = False
+    admission: AbstractAsyncContextManager[None] = (
+        breaker.admitted() if isinstance(breaker, AdmittingBreaker) else contextlib.nullcontext()
+    )
     try:
-        with breaker.calling():
-            sent = True
-            return await call()
+        async with admission:
+            with breaker.calling():
+                sent = True
+                try:
+                    return await call()
+                except BaseException as exc:
+                    if isinstance(breaker, AdmittingBreaker):
+                        breaker.note_failure(exc)
+                    raise
     except pybreaker.CircuitBreakerError as exc:
         if sent:
             # pybreaker trips *on* a failing call and raises its own error instead of the

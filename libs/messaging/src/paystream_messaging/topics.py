@@ -16,7 +16,16 @@ COMMANDS = "commands"
 CALLBACKS = "callbacks"
 OUTCOMES = "outcomes"
 DEAD_LETTERS = "dead-letters"
-ALL = (COMMANDS, CALLBACKS, OUTCOMES, DEAD_LETTERS)
+# Shared circuit-breaker state, keyed by gateway code (`paystream_messaging.gateway_health`):
+# one partition, so every worker applies every record in the same order, and compacted, so
+# a worker starting reads the last record of each gateway, not the whole history.
+GATEWAY_HEALTH = "gateway-health"
+ALL = (COMMANDS, CALLBACKS, OUTCOMES, DEAD_LETTERS, GATEWAY_HEALTH)
+# Topics whose layout is part of their meaning: partitions and configs regardless of the
+# PAYSTREAM_TOPIC_PARTITIONS the others follow.
+_FIXED: dict[str, tuple[int, dict[str, str]]] = {
+    GATEWAY_HEALTH: (1, {"cleanup.policy": "compact"}),
+}
 
 
 class TopicSetupError(RuntimeError):
@@ -29,8 +38,9 @@ def ensure_topics(settings: KafkaSettings, timeout_s: float = 30.0) -> list[str]
     wanted = [
         NewTopic(
             settings.topic(name),
-            num_partitions=settings.topic_partitions,
+            num_partitions=_FIXED[name][0] if name in _FIXED else settings.topic_partitions,
             replication_factor=settings.topic_replication_factor,
+            config=_FIXED[name][1] if name in _FIXED else {},
         )
         for name in ALL
     ]
