@@ -49,6 +49,7 @@ def create_app(
         host=settings.worker_web_host,
         port=settings.worker_web_port,
         stall_after_s=settings.worker_stall_after_s,
-        extra=lambda d: {"breakers": d.breakers.states()},
+        # the shared view of every gateway's breaker (as this worker has it)
+        extra=lambda d: {"breakers": d.breakers.view()},
     )
     return app

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable
 
 from paystream_config import load
 from paystream_gateway_worker.app import create_app
 from paystream_gateway_worker.deps import WorkerDeps
+from paystream_gateway_worker.metrics import WorkerMetrics
 from paystream_gateway_worker.settings import GatewayWorkerSettings
 from paystream_gateways.manager import CachedConnectionSource, DbConnectionSource, GatewayManager
 from paystream_gateways.protocol import ClientOptions
-from paystream_gateways.resilience import Breakers
+from paystream_gateways.shared_breakers import SharedBreakers
 from paystream_keyring import KeyRing, KeyRingSettings
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import AsyncPublisher
+from paystream_messaging.gateway_health_topic import HealthTopic
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.config_cache import ConfigCache
@@ -33,6 +38,8 @@ def build_deps_factory(
         registry = SchemaRegistry()
         config = ConfigCache()
         publisher = AsyncPublisher(producer_config(settings, "paystream-gateway-worker"))
+        metrics = WorkerMetrics()
+        breakers = await shared_breakers(settings, publisher, metrics)
         return WorkerDeps(
             settings=settings,
             store=PgPaymentStore(HotPool(settings), registry, config),
@@ -49,10 +56,40 @@ def build_deps_factory(
             dead_letters=KafkaDeadLetters(
                 publisher, settings.topic(topics.DEAD_LETTERS), by="paystream-gateway-worker"
             ),
-            breakers=Breakers(settings.breaker_fail_max, settings.breaker_reset_timeout_s),
+            breakers=breakers,
+            metrics=metrics,
         )
 
     return build
+
+
+async def shared_breakers(
+    settings: GatewayWorkerSettings, publisher: AsyncPublisher, metrics: WorkerMetrics
+) -> SharedBreakers:
+    """The breakers every worker shares, over a view of the gateway-health topic read to
+    its end first: a worker (re)started while a breaker is open must not call that gateway."""
+    health = HealthTopic(
+        settings,
+        publisher,
+        worker_id=worker_id(),
+        fetch_wait_ms=settings.breaker_view_fetch_wait_ms,
+        on_change=metrics.breaker_changed,
+        on_publish_error=metrics.health_publish_errors.inc,
+    )
+    await health.start(catch_up_s=settings.breaker_view_catch_up_s)
+    return SharedBreakers(
+        health.live,
+        settings.breaker_fail_max,
+        settings.breaker_reset_timeout_s,
+        lease_s=settings.breaker_probe_lease_s,
+        claim_wait_s=settings.breaker_claim_wait_s,
+        on_probe=metrics.probe,
+    )
+
+
+def worker_id() -> str:
+    """host:pid:random: who published a health record (a restarted process is another)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def run() -> None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from paystream_messaging.gateway_health import STATES, HealthRecord
+
 
 @dataclass
 class WorkerMetrics:
@@ -47,6 +49,29 @@ class WorkerMetrics:
             ["gateway"],
             registry=self.registry,
         )
+        self.breaker_state = Gauge(
+            "paystream_gateway_breaker_state",
+            "1 for the state of a gateway's shared breaker as this worker sees it, 0 for others",
+            ["gateway", "state"],
+            registry=self.registry,
+        )
+        self.breaker_transitions = Counter(
+            "paystream_gateway_breaker_transitions_total",
+            "Shared breaker state changes seen by this worker (made by any worker)",
+            ["gateway", "to"],
+            registry=self.registry,
+        )
+        self.breaker_probes = Counter(
+            "paystream_gateway_breaker_probes_total",
+            "Half-open probe lease claims (granted, denied) and probes (succeeded, failed)",
+            ["gateway", "result"],
+            registry=self.registry,
+        )
+        self.health_publish_errors = Counter(
+            "paystream_gateway_health_publish_errors_total",
+            "Breaker changes this worker could not publish on the gateway-health topic",
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "paystream_worker_batch_size",
             "Commands taken in together (one intake transaction per tenant)",
@@ -59,6 +84,16 @@ class WorkerMetrics:
             ["source", "kind"],
             registry=self.registry,
         )
+
+    def breaker_changed(self, before: HealthRecord | None, after: HealthRecord) -> None:
+        """A gateway's shared breaker as this worker's view now has it (from any worker)."""
+        for state in STATES:
+            self.breaker_state.labels(after.gateway, state).set(1 if state == after.state else 0)
+        if after.state != (before.state if before is not None else "closed"):
+            self.breaker_transitions.labels(after.gateway, after.state).inc()
+
+    def probe(self, gateway: str, result: str) -> None:
+        self.breaker_probes.labels(gateway, result).inc()
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()

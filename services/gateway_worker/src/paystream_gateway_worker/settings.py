@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from paystream_config import DatabaseSettings, KafkaSettings
+from paystream_config import DatabaseSettings, KafkaSettings, RoutingSettings
 
 
-class GatewayWorkerSettings(KafkaSettings, DatabaseSettings):
+class GatewayWorkerSettings(KafkaSettings, DatabaseSettings, RoutingSettings):
     worker_group: str = Field(default="paystream-gateway-worker", min_length=1)
     # Commands in flight per process (read, not yet finished): provider calls are slow, so
     # this bounds throughput at about concurrency / provider latency. Offsets still commit
@@ -26,8 +26,24 @@ class GatewayWorkerSettings(KafkaSettings, DatabaseSettings):
     worker_retry_attempts: int = Field(default=3, ge=1, le=10)
     worker_retry_base_s: float = Field(default=0.2, gt=0, le=30)
     worker_retry_max_s: float = Field(default=5.0, gt=0, le=300)
+    # Breakers are shared by every worker through <prefix>.gateway-health: failures count
+    # across workers, and an open breaker is open everywhere.
     breaker_fail_max: int = Field(default=5, ge=1, le=1000)
     breaker_reset_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    # The half-open probe lease: its one call must end within it (connect + read timeouts)
+    # or another worker may probe too; the lease of a worker that died blocks probing this
+    # long. A probe that ends releases it at once.
+    breaker_probe_lease_s: float = Field(default=20.0, gt=0, le=600)
+    # How long a call waits for its lease claim to come back through the topic before it is
+    # refused as breaker-open (and falls back: nothing was sent).
+    breaker_claim_wait_s: float = Field(default=2.0, gt=0, le=30)
+    # The health view's fetch wait: tansu answers a fetch only when it expires, so it bounds
+    # how late a breaker opened by another worker shows here (a second is the promise), and
+    # an idle view fetches this often.
+    breaker_view_fetch_wait_ms: int = Field(default=250, ge=1, le=1000)
+    # At start, how long the worker reads the health topic to its end before it takes
+    # commands anyway (with an error in the log; it goes on reading).
+    breaker_view_catch_up_s: float = Field(default=30.0, gt=0, le=600)
     # Provider calls: connecting is cheap to bound; once sent, a timeout is ambiguous, so
     # keep the read timeout above the providers' p99.
     gateway_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
