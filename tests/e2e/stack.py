@@ -34,6 +34,8 @@ class Stack:
     env: dict[str, str]
     home: Path
     settings: dict[str, str] = field(default_factory=dict)
+    # the environment `paystream dev` was started with (its settings, the test's included)
+    launch_env: dict[str, str] = field(default_factory=dict)
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,7 +165,7 @@ def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
         wait_for(lambda: dev_env.exists() or process.poll() is not None, timeout=180, what="dev")
         assert process.poll() is None, (tmp / "dev.log").read_text()[-3000:]
         print(f"\nstack up in {time.monotonic() - started:.1f}s")
-        yield Stack(process, _read_env(dev_env), home, settings)
+        yield Stack(process, _read_env(dev_env), home, settings, env)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -176,3 +178,71 @@ def running_stack(tmp: Path, **settings: str) -> Iterator[Stack]:
             if (home / "logs").is_dir():  # the services' logs stay with the test's files
                 shutil.copytree(home / "logs", tmp / "logs", dirs_exist_ok=True)
             shutil.rmtree(home, ignore_errors=True)
+
+
+@dataclass
+class GatewayWorker:
+    """A gateway worker started next to the stack's (same consumer group, same key ring)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def health(self) -> dict[str, Any] | None:
+        """Its /healthz body, or None while it does not answer (starting, or gone)."""
+        try:
+            response = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2)
+        except httpx.HTTPError:
+            return None
+        body: dict[str, Any] = response.json()
+        return body
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+
+    def wait_assigned(self, timeout: float = 60) -> None:
+        """Until the consumer group gave it partitions (the rebalance is then done)."""
+
+        def assigned() -> bool:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            body = self.health()
+            return body is not None and int(body.get("assigned_partitions", 0)) > 0
+
+        wait_for(assigned, timeout=timeout, interval=0.2, what=f"worker on :{self.port} assigned")
+
+
+@contextmanager
+def extra_gateway_worker(stack: Stack, logs: Path, **settings: str) -> Iterator[GatewayWorker]:
+    """One more `paystream worker gateway` in the stack's consumer group, with its own
+    health port; SIGTERM at the end. It needs the stack's keys to open the gateway
+    credentials (as `paystream bench e2e --gateway-workers` does)."""
+    from paystream_keyring import DEV_KEYRING_FILE, read_keyring_file
+
+    ring = read_keyring_file(stack.home / DEV_KEYRING_FILE).environment_with_key_material()
+    port = free_port()
+    env = {
+        **stack.launch_env,
+        **stack.env,
+        **ring,
+        **settings,
+        "PAYSTREAM_WORKER_WEB_PORT": str(port),
+    }
+    log_path = logs / f"gateway-worker-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "paystream_cli.main", "worker", "gateway"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield GatewayWorker(process, port, log_path)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
