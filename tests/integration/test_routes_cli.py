@@ -83,20 +83,22 @@ def test_list_shows_priority_state_and_limits(env: dict[str, str]) -> None:
     assert listed.exit_code == 0, listed.output
     lines = listed.output.strip().splitlines()
     assert lines[0].split() == [
-        "COUNTRY", "TYPE", "PRIO", "GATEWAY", "PROVIDER", "STATE", "CURRENCIES", "MIN", "MAX"
+        "COUNTRY", "TYPE", "PRIO", "GATEWAY", "PROVIDER", "STATE", "CURRENCIES", "MIN", "MAX",
+        "WEIGHT",
     ]  # fmt: skip
     assert [line.split()[:6] for line in lines[1:]] == [
         ["DE", "deposit", "1", "stripe", "stripe", "enabled"],
         ["DE", "deposit", "2", "jsonpay", "json", "enabled"],
         ["DE", "deposit", "3", "soapbank", "soap", "enabled"],
     ]
-    assert lines[1].split()[6:] == ["EUR,GBP,USD,BRL", "1", "-"]
+    assert lines[1].split()[6:] == ["EUR,GBP,USD,BRL", "1", "-", "100"]
     every = json.loads(as_json.output)
     assert len(every) == len(query(env, "SELECT 1 FROM gateway_countries"))
     assert every[0] == {
         "country": "BR",
         "type": "deposit",
         "priority": 1,
+        "weight": 100,
         "gateway": "jsonpay",
         "provider": "json",
         "state": "enabled",
@@ -140,13 +142,13 @@ def test_set_replaces_the_list_in_order_moves_the_version_and_is_recorded(
             "deposit",
             None,
             [
-                {"gateway": "stripe", "priority": 1, "enabled": True},
-                {"gateway": "jsonpay", "priority": 2, "enabled": True},
-                {"gateway": "soapbank", "priority": 3, "enabled": True},
+                {"gateway": "stripe", "priority": 1, "enabled": True, "weight": 100},
+                {"gateway": "jsonpay", "priority": 2, "enabled": True, "weight": 100},
+                {"gateway": "soapbank", "priority": 3, "enabled": True, "weight": 100},
             ],
             [
-                {"gateway": "jsonpay", "priority": 1, "enabled": True},
-                {"gateway": "stripe", "priority": 2, "enabled": True},
+                {"gateway": "jsonpay", "priority": 1, "enabled": True, "weight": 100},
+                {"gateway": "stripe", "priority": 2, "enabled": True, "weight": 100},
             ],
         )
     ]
@@ -189,8 +191,18 @@ def test_disable_and_enable_keep_the_place_and_set_keeps_the_switch(
         ("oncall", "set", None),
         ("bob", "enable", "jsonpay"),
     ]
-    assert recorded[0][5][1] == {"gateway": "jsonpay", "priority": 2, "enabled": True}
-    assert recorded[0][6][1] == {"gateway": "jsonpay", "priority": 2, "enabled": False}
+    assert recorded[0][5][1] == {
+        "gateway": "jsonpay",
+        "priority": 2,
+        "enabled": True,
+        "weight": 100,
+    }
+    assert recorded[0][6][1] == {
+        "gateway": "jsonpay",
+        "priority": 2,
+        "enabled": False,
+        "weight": 100,
+    }
 
 
 def test_disabling_the_last_enabled_route_warns(env: dict[str, str]) -> None:
@@ -222,6 +234,12 @@ def test_disabling_the_last_enabled_route_warns(env: dict[str, str]) -> None:
         (["limits", "stripe", "--min-minor", "0"], "between 1 and"),
         (["limits", "stripe", "--max-minor", "9", "--no-max"], "not both"),
         (["list", "--country", "XX"], "no country 'XX'"),
+        (["set", "DE", "deposit", "jsonpay:0,stripe"], "from 1 to 10000"),
+        (["set", "DE", "deposit", "jsonpay:ten"], "from 1 to 10000"),
+        (["set", "DE", "deposit", "jsonpay:10001"], "from 1 to 10000"),
+        (["set", "DE", "deposit", "jsonpay,,stripe"], "empty gateway name"),
+        (["set", "DE", "deposit", "jsonpay:50,stripe", "stripe"], "more than once: stripe"),
+        (["explain", "DE", "deposit", "EUR", "--amount", "1.001"], "--amount"),
     ],
 )
 def test_refusals_exit_1_change_nothing_and_record_nothing(
@@ -392,3 +410,131 @@ async def test_the_workers_store_routes_by_the_change_at_its_next_unit(
     assert [(g, on) for g, on, _ in swapped] == [("soapbank", True), ("stripe", True)]
     assert [(g, on) for g, on, _ in disabled] == [("soapbank", False), ("stripe", True)]
     assert limited[1][2] == frozenset({"GBP"})
+
+
+def test_set_with_weights_splits_a_priority_and_is_recorded(env: dict[str, str]) -> None:
+    before = version(env)
+
+    result = routes(env, "set", "DE", "deposit", "jsonpay:70,stripe:30", "soapbank")
+    listed = json.loads(
+        routes(env, "list", "--country", "DE", "--type", "deposit", "--json").output
+    )
+    kept = routes(env, "set", "DE", "deposit", "stripe,jsonpay", "soapbank")
+
+    assert result.exit_code == 0, result.output
+    assert "stripe, jsonpay, soapbank -> jsonpay:70 + stripe:30, soapbank" in result.output
+    assert [(r["gateway"], r["priority"], r["weight"]) for r in listed] == [
+        ("jsonpay", 1, 70),
+        ("stripe", 1, 30),
+        ("soapbank", 2, 100),
+    ]
+    assert version(env) > before, "workers' caches refresh"
+    [(_, action, _, _, _, _, after)] = changes(env)
+    assert action == "set"
+    assert after == [
+        {"gateway": "jsonpay", "priority": 1, "enabled": True, "weight": 70},
+        {"gateway": "stripe", "priority": 1, "enabled": True, "weight": 30},
+        {"gateway": "soapbank", "priority": 2, "enabled": True, "weight": 100},
+    ]
+    # Without weights, a gateway keeps the one it had: re-listing them changes nothing.
+    assert kept.exit_code == 0, kept.output
+    assert "nothing changed" in kept.output
+    reweighted = routes(env, "set", "DE", "deposit", "jsonpay:50,stripe:50", "soapbank")
+    assert "jsonpay:70 + stripe:30, soapbank -> jsonpay:50 + stripe:50, soapbank" in (
+        reweighted.output
+    )
+    history = routes(env, "history", "--country", "DE").output
+    assert "jsonpay:70 + stripe:30, soapbank -> jsonpay:50 + stripe:50, soapbank" in history
+
+
+def test_explain_ranks_as_a_worker_with_the_window_stats(env: dict[str, str]) -> None:
+    assert routes(env, "set", "DE", "deposit", "jsonpay", "stripe:70,soapbank:30").exit_code == 0
+    assert routes(env, "limits", "soapbank", "--max-minor", "5000").exit_code == 0
+    # jsonpay: 3 of 10 final attempts succeeded in the window (2 pending ones do not count);
+    # stripe: 10 of 10; an old decline of stripe's is out of the window.
+    tenant, connection = uuid.uuid4(), uuid.uuid4()
+    query(env, "INSERT INTO tenants (id, name) VALUES (%s, 't') RETURNING id", tenant)
+    query(
+        env,
+        "INSERT INTO accounts (tenant_id, id, country) VALUES (%s, 'a', 'DE') RETURNING id",
+        tenant,
+    )
+    for gateway in ("jsonpay", "stripe"):
+        query(
+            env,
+            "INSERT INTO connections (id, tenant_id, gateway_code, code, credentials_ciphertext,"
+            " credentials_key_id) VALUES (%s, %s, %s, %s, '\\x00', 'k') RETURNING id",
+            uuid.uuid5(connection, gateway),
+            tenant,
+            gateway,
+            gateway,
+        )
+    attempts = (
+        [("jsonpay", "succeeded", 0)] * 3
+        + [("jsonpay", "declined", 0)] * 7
+        + [("jsonpay", "pending", 0)] * 2
+        + [("stripe", "succeeded", 0)] * 10
+        + [("stripe", "declined", 3600)]
+    )
+    for n, (gateway, status, age_s) in enumerate(attempts):
+        txn = uuid.uuid4()
+        query(
+            env,
+            "INSERT INTO transactions (id, tenant_id, account_id, type, status, amount_minor,"
+            " currency, country, idempotency_key, payload_hash)"
+            " VALUES (%s, %s, 'a', 'deposit', 'failed', 100, 'EUR', 'DE', %s, 'h') RETURNING id",
+            txn,
+            tenant,
+            f"k{n}",
+        )
+        query(
+            env,
+            "INSERT INTO attempts (id, tenant_id, transaction_id, seq, gateway_code,"
+            " connection_id, idempotency_key, status, finished_at)"
+            " VALUES (%s, %s, %s, 1, %s, %s, %s, %s, now() - make_interval(secs => %s))"
+            " RETURNING id",
+            uuid.uuid4(),
+            tenant,
+            txn,
+            gateway,
+            uuid.uuid5(connection, gateway),
+            f"ps-{txn}-1",
+            status,
+            age_s,
+        )
+    settings = {
+        **env,
+        "PAYSTREAM_ROUTING_MIN_VOLUME": "10",
+        "PAYSTREAM_ROUTING_HEALTH_WINDOW_S": "600",
+    }
+
+    shown = CliRunner().invoke(cli, ["routes", "explain", "de", "deposit", "eur"], env=settings)
+    big = CliRunner().invoke(
+        cli,
+        ["routes", "explain", "DE", "deposit", "EUR", "--amount", "100.00", "--json"],
+        env=settings,
+    )
+
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.strip().splitlines()
+    assert lines[0] == (
+        "DE deposits in EUR (any amount); health over the last 600s, floor 50%, min volume 10"
+    )
+    assert lines[1].split() == [
+        "RANK", "GATEWAY", "PRIO", "WEIGHT", "SHARE", "WINDOW", "DEMOTED", "REASON"
+    ]  # fmt: skip
+    assert lines[2].split()[:7] == ["1", "stripe", "2", "70", "70%", "10/10", "(100%)"]
+    assert lines[2].endswith("priority 2; weight 70 of 100 (share 70%); ahead of demoted jsonpay")
+    assert lines[3].split()[:6] == ["2", "soapbank", "2", "30", "30%", "-"]
+    assert lines[4].split()[:8] == ["3", "jsonpay", "1", "100", "100%", "3/10", "(30%)", "yes"]
+    assert lines[4].endswith("demoted: 30% of 10 succeeded in 600s < floor 50%; priority 1")
+    assert big.exit_code == 0, big.output
+    explained = json.loads(big.output)
+    assert explained["amount_minor"] == 10000
+    assert [(e["gateway"], e["demoted"], e["decision"]) for e in explained["order"]] == [
+        ("stripe", False, "demoted"),
+        ("jsonpay", True, "demoted"),
+    ]
+    assert explained["order"][0]["share"] == 1.0
+    assert explained["skipped"] == [{"gateway": "soapbank", "why": "amount out of its range"}]
+    assert explained["policy"] == {"success_floor": 0.5, "window_s": 600.0, "min_volume": 10}

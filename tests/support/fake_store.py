@@ -6,8 +6,9 @@ It mirrors `paystream_storage.payments` (`PgPaymentStore`) statement by statemen
   the block raises; units run one at a time (one asyncio.Lock), so each sees the others'
   committed writes only;
 - a unit sees and writes only its tenant's rows; a unit without a tenant (None) may only run
-  the cross-tenant queries `parked_due`, `reconcile_due`, `processing_due` and
-  `unresolved_count` (the real store's SECURITY DEFINER functions); anything else raises
+  the cross-tenant queries `parked_due`, `reconcile_due`, `processing_due`,
+  `unresolved_count` and `route_health` (the real store's SECURITY DEFINER functions);
+  anything else raises
   RuntimeError instead of silently finding no rows;
 - inserts behave like `INSERT ... ON CONFLICT DO NOTHING`: `add_transactions` and
   `add_attempts` skip rows that exist (any unique key) and return the ids inserted, and they
@@ -52,6 +53,7 @@ from paystream_core.ports import (
     PaymentStore,
     ReconciliationRecord,
 )
+from paystream_core.ranking import WindowStats
 from paystream_core.records import AttemptRecord, TransactionRecord
 from paystream_core.reports import match_attempts
 from paystream_core.routing import Route, TenantConnection
@@ -174,6 +176,7 @@ class FakeStore:
         enabled: bool = True,
         min_amount_minor: int = 1,
         max_amount_minor: int | None = None,
+        weight: int = 100,
     ) -> None:
         for kind in kinds:
             self.state.routes.append(
@@ -187,6 +190,7 @@ class FakeStore:
                     frozenset(currencies),
                     min_amount_minor,
                     max_amount_minor,
+                    weight,
                 )
             )
 
@@ -620,6 +624,19 @@ class FakeUnit:
                     topic=COMMANDS,
                 )
             )
+
+    async def route_health(self, window_s: float) -> dict[tuple[str, str, str], WindowStats]:
+        since = self._now() - timedelta(seconds=window_s)
+        counts: dict[tuple[str, str, str], list[int]] = {}
+        for a in self._s.attempts.values():
+            final = a.status in (AttemptStatus.SUCCEEDED, AttemptStatus.DECLINED)
+            if not final or a.finished_at is None or a.finished_at <= since:
+                continue
+            txn = self._s.transactions[a.transaction_id]
+            count = counts.setdefault((a.gateway_code, txn.country, txn.type.value), [0, 0])
+            count[0] += 1
+            count[1] += a.status == AttemptStatus.SUCCEEDED
+        return {key: WindowStats(final, ok) for key, (final, ok) in counts.items()}
 
     async def unresolved_count(self, *, horizon_s: float, stuck_processing_s: float) -> int:
         now = self._now()

@@ -30,7 +30,7 @@ def cand(gateway: str, priority: int, weight: int = 100) -> Candidate:
 def order(
     candidates: Sequence[Candidate],
     health: Mapping[str, WindowStats] | None = None,
-    draw: float = 0.0,
+    draw: float | None = 0.0,
     policy: HealthPolicy = POLICY,
 ) -> list[Ranked]:
     return rank(candidates, health or {}, policy, draw)
@@ -203,3 +203,17 @@ def test_success_rate_of_an_empty_window() -> None:
     assert WindowStats(0, 0).success_rate == 1.0
     assert not POLICY.below_floor(WindowStats(0, 0))
     assert not POLICY.below_floor(None)
+
+
+def test_without_a_draw_equal_priorities_are_explained_by_their_share() -> None:
+    level = [cand("a", 1, 30), cand("b", 1, 70), cand("c", 1, 70), cand("d", 2)]
+    ranked = order(level, draw=None)
+    assert names(ranked) == ["b", "c", "a", "d"]
+    assert [r.reason for r in ranked] == [
+        "priority 1; weight 70 of 170 (share 41%)",
+        "priority 1; weight 70 of 170 (share 41%)",
+        "priority 1; weight 30 of 170 (share 18%)",
+        "priority 2",
+    ]
+    assert not any(r.drawn for r in ranked)
+    assert ranked[0].decision == Decision.WEIGHT

@@ -1,5 +1,6 @@
 """Typed PAYSTREAM_ settings shared by every service."""
 
+from paystream_config.routing import RoutingSettings
 from paystream_config.settings import (
     DatabaseSettings,
     KafkaSettings,
@@ -8,4 +9,11 @@ from paystream_config.settings import (
     load,
 )
 
-__all__ = ["DatabaseSettings", "KafkaSettings", "RelaySettings", "SettingsError", "load"]
+__all__ = [
+    "DatabaseSettings",
+    "KafkaSettings",
+    "RelaySettings",
+    "RoutingSettings",
+    "SettingsError",
+    "load",
+]

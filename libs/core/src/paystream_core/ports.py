@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from paystream_core.ranking import WindowStats
 from paystream_core.records import AttemptRecord, TransactionRecord
 from paystream_core.routing import Route, TenantConnection
 from paystream_core.statuses import TransactionType
@@ -189,6 +190,11 @@ class PaymentUnit(Protocol):
         (one per resubmission)."""
 
     async def unresolved_count(self, *, horizon_s: float, stuck_processing_s: float) -> int: ...
+
+    async def route_health(self, window_s: float) -> dict[tuple[str, str, str], WindowStats]:
+        """Final attempts finished in the last `window_s` seconds per (gateway, country,
+        transaction type), across tenants: the ranking's health (`paystream_core.ranking`)."""
+        ...
 
     async def reconciliation(self, txn_id: uuid.UUID) -> ReconciliationRecord:
         """The row-locked bookkeeping of `txn_id` (created when it has none)."""

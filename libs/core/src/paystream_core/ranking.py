@@ -99,11 +99,13 @@ def rank(
     candidates: Sequence[Candidate],
     health: Mapping[str, WindowStats],
     policy: HealthPolicy,
-    draw: float,
+    draw: float | None,
 ) -> list[Ranked]:
     """`candidates` (in priority order) in the order to try them, each with its reason.
-    `health`: the window's stats per gateway for the transaction's country and type."""
-    if not 0.0 <= draw < 1.0:
+    `health`: the window's stats per gateway for the transaction's country and type.
+    `draw` None (an explanation, not a payment): equal priorities are listed heaviest
+    first, each with its share of first attempts instead of a draw."""
+    if draw is not None and not 0.0 <= draw < 1.0:
         raise ValueError(f"draw must be in [0, 1), not {draw}")
     below = [c for c in candidates if policy.below_floor(health.get(c.gateway))]
     everyone = bool(candidates) and len(below) == len(candidates)
@@ -133,13 +135,16 @@ def _rank_level(
     everyone: Sequence[Candidate],
     health: Mapping[str, WindowStats],
     policy: HealthPolicy,
-    draw: float,
+    draw: float | None,
     demoted: set[str],
     all_below: bool,
 ) -> list[Ranked]:
     total = sum(c.weight for c in level)
     if len(level) > 1:
-        chosen = _weighted(level, draw * total)
+        if draw is None:
+            chosen = min(level, key=lambda c: (-c.weight, level.index(c)))
+        else:
+            chosen = _weighted(level, draw * total)
         rest = sorted(
             (c for c in level if c is not chosen),
             key=lambda c: (-c.weight, level.index(c)),
@@ -153,7 +158,10 @@ def _rank_level(
         parts = [f"priority {c.priority}"]
         decision = Decision.PRIORITY
         if len(level) > 1:
-            how = f"(draw {draw:.2f})" if c is chosen else "(not drawn)"
+            if draw is None:
+                how = f"(share {c.weight / total * 100:.0f}%)"
+            else:
+                how = f"(draw {draw:.2f})" if c is chosen else "(not drawn)"
             parts.append(f"weight {c.weight} of {total} {how}")
             decision = Decision.WEIGHT
         passed = [
@@ -176,7 +184,7 @@ def _rank_level(
                 reason="; ".join(parts),
                 decision=decision,
                 demoted=c.gateway in demoted,
-                drawn=len(level) > 1 and c is chosen,
+                drawn=draw is not None and len(level) > 1 and c is chosen,
                 share=c.weight / total,
                 stats=stats,
             )

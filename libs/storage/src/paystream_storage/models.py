@@ -116,6 +116,7 @@ class GatewayCountry(Base):
     __table_args__ = (
         CheckConstraint("transaction_type IN ('deposit', 'withdrawal')", name="type"),
         CheckConstraint("priority >= 1", name="priority"),
+        CheckConstraint("weight BETWEEN 1 AND 10000", name="weight"),
         Index(None, "country", "transaction_type", "priority"),
     )
     gateway_code: Mapped[str] = mapped_column(ForeignKey("gateways.code"), primary_key=True)
@@ -123,6 +124,8 @@ class GatewayCountry(Base):
     transaction_type: Mapped[str] = mapped_column(String(16), primary_key=True)
     priority: Mapped[int] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    # Share of the volume among routes of equal priority (paystream_core.ranking).
+    weight: Mapped[int] = mapped_column(Integer, server_default=text("100"))
 
 
 class Connection(Base):
@@ -201,7 +204,10 @@ class Attempt(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = _now()
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Indexed for the health window (paystream_route_health, every few seconds per worker).
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    # Why routing chose this gateway (paystream_core.ranking), for operators.
+    route_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class LedgerEntry(Base):

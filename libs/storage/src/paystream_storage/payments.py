@@ -50,6 +50,7 @@ from paystream_storage.config_cache import ConfigCache
 from paystream_storage.db import APP_ROLE
 from paystream_storage.outbox import shard_for
 from paystream_storage.pool import HotPool
+from paystream_storage.route_health import ROUTE_HEALTH_SQL, Health, health_of
 from paystream_telemetry.carry import traceparent_for
 
 
@@ -77,7 +78,8 @@ _TXN_COLUMNS = (
 )
 _ATTEMPT_COLUMNS = (
     "id, tenant_id, transaction_id, seq, gateway_code, connection_id, idempotency_key, status,"
-    " provider_reference, error_class, error_code, error_message, started_at, finished_at"
+    " provider_reference, error_class, error_code, error_message, started_at, finished_at,"
+    " route_reason"
 )
 _PARKED_COLUMNS = (
     "id, tenant_id, connection_id, gateway_code, provider_event_id, provider_reference,"
@@ -105,7 +107,7 @@ _LOCK_TRANSACTIONS = (
 _TRANSACTION = f"SELECT {_TXN_COLUMNS} FROM transactions WHERE id = %s"
 _ROUTES = """
 SELECT gc.gateway_code, g.provider, gc.country, gc.transaction_type, gc.priority,
-  gc.enabled AND g.enabled, g.currencies, g.min_amount_minor, g.max_amount_minor
+  gc.enabled AND g.enabled, g.currencies, g.min_amount_minor, g.max_amount_minor, gc.weight
 FROM gateway_countries gc JOIN gateways g ON g.code = gc.gateway_code
 WHERE gc.country = %s AND gc.transaction_type = %s
 """
@@ -164,9 +166,9 @@ ORDER BY transaction_id, seq
 """
 _ADD_ATTEMPTS = """
 INSERT INTO attempts (id, tenant_id, transaction_id, seq, gateway_code, connection_id,
-  idempotency_key, status)
+  idempotency_key, status, route_reason)
 SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::text[], %s::uuid[],
-  %s::text[], %s::text[])
+  %s::text[], %s::text[], %s::text[])
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -273,6 +275,7 @@ def _route(row: Sequence[Any]) -> Route:
         currencies=frozenset(row[6]),
         min_amount_minor=row[7],
         max_amount_minor=row[8],
+        weight=row[9],
     )
 
 
@@ -292,6 +295,7 @@ def _attempt(row: Sequence[Any]) -> AttemptRecord:
         error_message=row[11],
         started_at=row[12],
         finished_at=row[13],
+        route_reason=row[14],
     )
 
 
@@ -624,13 +628,14 @@ class PgPaymentUnit:
                 a.connection_id,
                 a.idempotency_key,
                 a.status.value,
+                a.route_reason,
             )
             for a in attempts
         ]
         if not contested:  # nobody else can have recorded these: no need to wait for it
-            await self._conn.execute(_ADD_ATTEMPTS, _columns(rows, 8))
+            await self._conn.execute(_ADD_ATTEMPTS, _columns(rows, 9))
             return {a.id for a in attempts}
-        inserted = await self._rows(_ADD_ATTEMPTS, _columns(rows, 8))
+        inserted = await self._rows(_ADD_ATTEMPTS, _columns(rows, 9))
         return {row[0] for row in inserted}
 
     async def save_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
@@ -762,6 +767,9 @@ class PgPaymentUnit:
                 )
             )
         await self._conn.execute(_ADD_OUTBOX, (self.tenant, *_columns(rows, 9)))
+
+    async def route_health(self, window_s: float) -> Health:
+        return health_of(await self._rows(ROUTE_HEALTH_SQL, (window_s,)))
 
     async def unresolved_count(self, *, horizon_s: float, stuck_processing_s: float) -> int:
         rows = await self._rows(_UNRESOLVED, (horizon_s, stuck_processing_s))

@@ -1,6 +1,7 @@
 """Routing as operators change it (`paystream routes`): the routes of a country and type
-with their gateways' limits, a new priority list, one route enabled or disabled, a gateway's
-limits; each change recorded in `routing_changes` (who, when, before and after).
+with their gateways' limits, a new priority list (with weights among equal priorities), one
+route enabled or disabled, a gateway's limits; each change recorded in `routing_changes`
+(who, when, before and after).
 
 Every function runs in the caller's owner-role session, so one command is one database
 transaction: the change and its record commit together, and a refused command (a
@@ -36,6 +37,8 @@ from paystream_storage.models import Country, Gateway, GatewayCountry, RoutingCh
 KINDS = ("deposit", "withdrawal")
 ACTOR_MAX = 200
 COUNTRY_NAME_MAX = 100
+DEFAULT_WEIGHT = 100
+MAX_WEIGHT = 10_000  # the column's check (migration 0013)
 
 
 class RoutingError(ValueError):
@@ -57,6 +60,7 @@ class RouteView:
     currencies: tuple[str, ...]
     min_amount_minor: int
     max_amount_minor: int | None
+    weight: int = DEFAULT_WEIGHT
 
     @property
     def active(self) -> bool:
@@ -73,6 +77,7 @@ class RouteView:
             "country": self.country,
             "type": self.kind,
             "priority": self.priority,
+            "weight": self.weight,
             "gateway": self.gateway,
             "provider": self.provider,
             "state": self.state,
@@ -137,6 +142,42 @@ async def list_routes(
     return [_view(route, gw) for route, gw in await session.execute(query)]
 
 
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One gateway of a `set` list: its priority and, if given, its weight."""
+
+    gateway: str
+    priority: int
+    weight: int | None = None
+
+
+def parse_levels(levels: Sequence[str]) -> list[RouteSpec]:
+    """`routes set` arguments, one priority level each, first level first: a gateway
+    (`stripe`), or gateways of equal priority separated by commas, each with an optional
+    weight (`jsonpay:70,stripe:30`)."""
+    specs: list[RouteSpec] = []
+    for priority, level in enumerate(levels, start=1):
+        entries = [entry.strip() for entry in level.split(",")]
+        if not all(entries):
+            raise RoutingError(f"empty gateway name in {level!r}")
+        for entry in entries:
+            code, colon, weight = entry.partition(":")
+            specs.append(
+                RouteSpec(code.strip(), priority, _weight(entry, weight) if colon else None)
+            )
+    return specs
+
+
+def _weight(entry: str, raw: str) -> int:
+    try:
+        weight = int(raw.strip())
+    except ValueError:
+        weight = 0
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise RoutingError(f"weight in {entry!r} must be a whole number from 1 to {MAX_WEIGHT}")
+    return weight
+
+
 async def set_routes(
     session: AsyncSession,
     *,
@@ -146,31 +187,41 @@ async def set_routes(
     actor: str,
     country_name: str | None = None,
 ) -> Change | None:
-    """Make `gateways` the routes of `country` and `kind`, in that priority order (1 =
-    first); routes of other gateways are removed. A gateway that already routed them keeps
-    its enabled/disabled switch (re-ordering never re-enables what an operator disabled);
-    a new one starts enabled. `country_name` adds a country not routed before. None when
-    the routes already were exactly these."""
+    """Make `gateways` the routes of `country` and `kind`: one priority level per item,
+    first level first (priority 1), each a gateway or several of equal priority with their
+    weights (`parse_levels`: "jsonpay:70,stripe:30"); routes of other gateways are removed.
+    A gateway that already routed them keeps its enabled/disabled switch (re-ordering
+    never re-enables what an operator disabled) and, unless one is given, its weight; a new
+    one starts enabled, weighing 100. `country_name` adds a country not routed before.
+    None when the routes already were exactly these."""
     _check_kind(kind)
     actor = _check_actor(actor)
     if not gateways:
         raise RoutingError("name at least one gateway (to stop routing, disable the routes)")
-    repeated = sorted({code for code in gateways if list(gateways).count(code) > 1})
+    specs = parse_levels(gateways)
+    codes = [spec.gateway for spec in specs]
+    repeated = sorted({code for code in codes if codes.count(code) > 1})
     if repeated:
         raise RoutingError(f"gateway listed more than once: {', '.join(repeated)}")
-    await _check_gateways(session, gateways)
+    await _check_gateways(session, codes)
     if country_name is not None:
         await _add_country(session, country, country_name)
     await _lock_country(session, country)
     before = await _routes_json(session, country, kind)
     switch = {route["gateway"]: route["enabled"] for route in before}
+    weights = {route["gateway"]: route["weight"] for route in before}
     after = [
-        {"gateway": code, "priority": priority, "enabled": switch.get(code, True)}
-        for priority, code in enumerate(gateways, start=1)
+        {
+            "gateway": spec.gateway,
+            "priority": spec.priority,
+            "enabled": switch.get(spec.gateway, True),
+            "weight": spec.weight or weights.get(spec.gateway, DEFAULT_WEIGHT),
+        }
+        for spec in specs
     ]
-    if after == before:
+    if _ordered(after) == before:
         return None
-    dropped = [route["gateway"] for route in before if route["gateway"] not in gateways]
+    dropped = [route["gateway"] for route in before if route["gateway"] not in codes]
     if dropped:
         await session.execute(
             delete(GatewayCountry).where(
@@ -186,6 +237,7 @@ async def set_routes(
             "transaction_type": kind,
             "priority": route["priority"],
             "enabled": route["enabled"],
+            "weight": route["weight"],
         }
         for route in after
     ]
@@ -193,10 +245,15 @@ async def set_routes(
     await session.execute(
         upsert.on_conflict_do_update(
             index_elements=["gateway_code", "country", "transaction_type"],
-            set_={"priority": upsert.excluded.priority},
+            set_={"priority": upsert.excluded.priority, "weight": upsert.excluded.weight},
         )
     )
     return await _record(session, actor, "set", country, kind, None, before, after)
+
+
+def _ordered(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """As `_routes_json` reads them back: by priority, then gateway code."""
+    return sorted(routes, key=lambda route: (route["priority"], route["gateway"]))
 
 
 async def set_route_enabled(
@@ -341,6 +398,7 @@ def _view(route: GatewayCountry, gw: Gateway) -> RouteView:
         currencies=tuple(gw.currencies),
         min_amount_minor=gw.min_amount_minor,
         max_amount_minor=gw.max_amount_minor,
+        weight=route.weight,
     )
 
 
@@ -439,13 +497,18 @@ async def _lock_country(session: AsyncSession, country: str) -> None:
 
 async def _routes_json(session: AsyncSession, country: str, kind: str) -> list[dict[str, Any]]:
     rows = await session.execute(
-        select(GatewayCountry.gateway_code, GatewayCountry.priority, GatewayCountry.enabled)
+        select(
+            GatewayCountry.gateway_code,
+            GatewayCountry.priority,
+            GatewayCountry.enabled,
+            GatewayCountry.weight,
+        )
         .where(GatewayCountry.country == country, GatewayCountry.transaction_type == kind)
         .order_by(GatewayCountry.priority, GatewayCountry.gateway_code)
     )
     return [
-        {"gateway": code, "priority": priority, "enabled": enabled}
-        for code, priority, enabled in rows
+        {"gateway": code, "priority": priority, "enabled": enabled, "weight": weight}
+        for code, priority, enabled, weight in rows
     ]
 
 

@@ -5,6 +5,10 @@ before any provider is called), the calls run concurrently with no database tran
 open, conclude writes every answer in one database transaction per tenant. A transaction
 whose attempt provably did not execute goes round again with the next gateway.
 
+Routing: the eligible gateways by priority, ranked by recent health and weights
+(`paystream_core.ranking` through the process's `RoutingState`); each new attempt records
+why its gateway was chosen (`route_reason`). A redo keeps the attempt's gateway and reason.
+
 Every step is resumable from the database: a redelivered command after a crash finds the
 last attempt and carries on. An attempt that was `started` may have reached the provider,
 so it is made again with the same idempotency key (the provider answers with what it did).
@@ -127,6 +131,7 @@ async def plan_attempts(
     known_attempts = known_attempts or {}
     unknown = [i for i in txn_ids if i not in known]
     txns = {**known, **(await unit.lock_transactions(unknown) if unknown else {})}
+    deps.routing.refresh_soon(deps.store)  # in the background: nothing here waits for it
     plans: list[Plan] = []
     failures: list[Transition] = []
     redos: list[uuid.UUID] = []
@@ -140,7 +145,10 @@ async def plan_attempts(
         known_attempts = {}  # a second round reads what a racing worker recorded
         new: list[tuple[TransactionRecord, AttemptRecord]] = []
         for txn in todo:
-            step = next_step(txn, attempts[txn.id], await candidates_for(unit, txn))
+            eligible = await candidates_for(unit, txn)
+            # From here to `chose`, no await: the draw ranked with is the one consumed.
+            ranked = deps.routing.rank(txn, eligible)
+            step = next_step(txn, attempts[txn.id], [r.candidate for r in ranked])
             match step:
                 case None:
                     continue  # finished, waiting for a callback, or with the reconciler
@@ -157,6 +165,7 @@ async def plan_attempts(
                         )
                     )
                 case NewAttempt(seq=seq, candidate=candidate, idempotency_key=key):
+                    reason = deps.routing.chose(txn, ranked, candidate.gateway)
                     record = AttemptRecord(
                         id=uuid.uuid4(),
                         tenant_id=txn.tenant_id,
@@ -166,6 +175,7 @@ async def plan_attempts(
                         connection_id=candidate.connection_id,
                         idempotency_key=key,
                         status=AttemptStatus.STARTED,
+                        route_reason=reason,
                     )
                     new.append((txn, record))
                 case Exhausted(code=code, message=message):
@@ -198,7 +208,8 @@ async def plan_attempts(
 
 
 async def candidates_for(unit: PaymentUnit, txn: TransactionRecord) -> list[Candidate]:
-    """The gateways that may take `txn`, by priority (`paystream_core.routing`)."""
+    """The gateways that may take `txn`, by priority (`paystream_core.routing`); the plan
+    then ranks them by health and weight (`RoutingState.rank`)."""
     routes, connections = await unit.routing(txn.country, txn.type)
     return candidates(
         routes,

@@ -1,4 +1,4 @@
-"""`paystream routes list|set|disable|enable|limits|history`: routing without SQL.
+"""`paystream routes list|set|disable|enable|limits|history|explain`: routing without SQL.
 
 Exit codes: 0 done (or nothing to change), 1 refused (unknown country, gateway, route, bad
 value: nothing was changed and nothing recorded), 2 usage or settings error.
@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from paystream_cli.common import database, run_owner
+from paystream_cli.common import database, run_owner, settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from paystream_config import RoutingSettings
+    from paystream_core.ranking import Ranked
+    from paystream_storage.route_health import Health
     from paystream_storage.routes import Change, RouteView
 
 T = TypeVar("T")
@@ -97,7 +100,18 @@ def routes_list(country: str | None, kind: str | None, as_json: bool) -> None:
     if not views:
         click.echo("no routes")
         return
-    header = ("COUNTRY", "TYPE", "PRIO", "GATEWAY", "PROVIDER", "STATE", "CURRENCIES", "MIN", "MAX")
+    header = (
+        "COUNTRY",
+        "TYPE",
+        "PRIO",
+        "GATEWAY",
+        "PROVIDER",
+        "STATE",
+        "CURRENCIES",
+        "MIN",
+        "MAX",
+        "WEIGHT",
+    )
     rows = [
         (
             v.country,
@@ -109,6 +123,7 @@ def routes_list(country: str | None, kind: str | None, as_json: bool) -> None:
             ",".join(v.currencies),
             str(v.min_amount_minor),
             "-" if v.max_amount_minor is None else str(v.max_amount_minor),
+            str(v.weight),
         )
         for v in views
     ]
@@ -128,8 +143,15 @@ def routes_set(
 ) -> None:
     """Route COUNTRY's TYPE (deposit or withdrawal) to GATEWAYS, first one first.
 
+    Each argument is one priority level: a gateway (`stripe`), or gateways of equal
+    priority separated by commas, each with an optional weight that splits the volume
+    between them (`jsonpay:70,stripe:30`, weights 1-10000, default 100):
+
+      paystream routes set GB deposit jsonpay:70,stripe:30 soapbank
+
     Replaces the whole list: gateways left out stop routing it. A gateway that already
-    routed it keeps its enabled/disabled switch; a new one starts enabled.
+    routed it keeps its enabled/disabled switch and, unless given one, its weight; a new
+    one starts enabled, weighing 100.
     """
     from paystream_storage.routes import set_routes
 
@@ -249,6 +271,183 @@ def routes_history(
     _table(header, [_history_row(change) for change in changes])
 
 
+@routes.command("explain")
+@click.argument("country", callback=_country)
+@click.argument("kind", metavar="TYPE", type=KIND)
+@click.argument("currency", callback=_country)
+@click.option("--amount", help="Decimal amount (e.g. 100.00): only gateways that take it.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def routes_explain(
+    country: str, kind: str, currency: str, amount: str | None, as_json: bool
+) -> None:
+    """The order a gateway worker ranks COUNTRY's TYPE in CURRENCY now, and why.
+
+    Each gateway with its priority, weight (and share among equal priorities), its
+    success in the health window (every worker's final attempts: succeeded and declined),
+    whether it is demoted (below PAYSTREAM_ROUTING_SUCCESS_FLOOR with at least
+    PAYSTREAM_ROUTING_MIN_VOLUME attempts in PAYSTREAM_ROUTING_HEALTH_WINDOW_S) and the
+    reason a worker records on the attempt. Equal priorities are listed heaviest first
+    (a worker draws per payment, by weight). Workers read the stats every
+    PAYSTREAM_ROUTING_HEALTH_REFRESH_S, so they may lag this by that much; a tenant without
+    a connection at a gateway skips it.
+    """
+    from paystream_config import RoutingSettings
+    from paystream_core.money import Money, MoneyError
+    from paystream_storage.route_health import read_route_health
+    from paystream_storage.routes import list_routes
+
+    policy_settings = settings(RoutingSettings)
+    amount_minor: int | None = None
+    if amount is not None:
+        try:
+            amount_minor = Money.parse(amount, currency).amount_minor
+        except MoneyError as exc:
+            _refuse(f"--amount: {exc}")
+
+    async def action(session: AsyncSession) -> tuple[list[RouteView], Health]:
+        views = await list_routes(session, country=country, kind=kind)
+        health = await read_route_health(session, policy_settings.routing_health_window_s)
+        return views, health
+
+    views, health = _run(action)
+    explained = explain(views, health, policy_settings, currency, amount_minor)
+    if as_json:
+        click.echo(json.dumps(explained, indent=2))
+        return
+    click.echo(_explain_header(explained))
+    if explained["order"]:
+        header = ("RANK", "GATEWAY", "PRIO", "WEIGHT", "SHARE", "WINDOW", "DEMOTED", "REASON")
+        _table(header, [_explain_row(entry) for entry in explained["order"]])
+    else:
+        click.echo(f"no gateway takes {country} {kind}s in {currency}: they are rejected")
+    for entry in explained["skipped"]:
+        click.echo(f"not used: {entry['gateway']} ({entry['why']})")
+
+
+def explain(
+    views: Sequence[RouteView],
+    health: Health,
+    policy_settings: RoutingSettings,
+    currency: str,
+    amount_minor: int | None,
+) -> dict[str, Any]:
+    """The ranking of `views` as a worker does it (`paystream_core.ranking`, no draw), as
+    JSON-ready data."""
+    import uuid
+    from datetime import datetime
+
+    from paystream_core.ranking import HealthPolicy, rank
+    from paystream_core.routing import Route, TenantConnection, candidates
+    from paystream_core.statuses import TransactionType
+
+    policy = HealthPolicy(
+        success_floor=policy_settings.routing_success_floor,
+        window_s=policy_settings.routing_health_window_s,
+        min_volume=policy_settings.routing_min_volume,
+    )
+    routes = [
+        Route(
+            gateway=v.gateway,
+            provider=v.provider,
+            country=v.country,
+            kind=TransactionType(v.kind),
+            priority=v.priority,
+            enabled=v.active,
+            currencies=frozenset(v.currencies),
+            min_amount_minor=v.min_amount_minor if amount_minor is not None else 1,
+            max_amount_minor=v.max_amount_minor if amount_minor is not None else None,
+            weight=v.weight,
+        )
+        for v in views
+    ]
+    # Every gateway as if the tenant had a connection there: the routes' view.
+    connections = [TenantConnection(v.gateway, uuid.UUID(int=0), True, datetime.min) for v in views]
+    country = views[0].country if views else ""
+    kind = views[0].kind if views else "deposit"
+    eligible = candidates(
+        routes,
+        connections,
+        country=country,
+        kind=TransactionType(kind),
+        currency=currency,
+        amount_minor=amount_minor if amount_minor is not None else 1,
+    )
+    stats = {g: s for (g, c, k), s in health.items() if (c, k) == (country, kind)}
+    ranked = rank(eligible, stats, policy, None)
+    order = [_explained(position, r) for position, r in enumerate(ranked, start=1)]
+    used = {r.gateway for r in ranked}
+    skipped = [
+        {"gateway": v.gateway, "why": _why_not(v, currency, amount_minor)}
+        for v in views
+        if v.gateway not in used
+    ]
+    return {
+        "country": country,
+        "type": kind,
+        "currency": currency,
+        "amount_minor": amount_minor,
+        "policy": {
+            "success_floor": policy.success_floor,
+            "window_s": policy.window_s,
+            "min_volume": policy.min_volume,
+        },
+        "order": order,
+        "skipped": skipped,
+    }
+
+
+def _explained(position: int, r: Ranked) -> dict[str, Any]:
+    stats = r.stats
+    return {
+        "rank": position,
+        "gateway": r.gateway,
+        "provider": r.candidate.provider,
+        "priority": r.candidate.priority,
+        "weight": r.candidate.weight,
+        "share": round(r.share, 4),
+        "final": stats.final if stats else 0,
+        "succeeded": stats.succeeded if stats else 0,
+        "success_rate": round(stats.success_rate, 4) if stats and stats.final else None,
+        "demoted": r.demoted,
+        "decision": r.decision.value,
+        "reason": r.reason,
+    }
+
+
+def _why_not(view: RouteView, currency: str, amount_minor: int | None) -> str:
+    if view.state != "enabled":
+        return view.state
+    if currency not in view.currencies:
+        return f"does not take {currency}"
+    return "amount out of its range" if amount_minor is not None else "not eligible"
+
+
+def _explain_header(explained: dict[str, Any]) -> str:
+    policy = explained["policy"]
+    amount = explained["amount_minor"]
+    what = "any amount" if amount is None else f"{amount} minor units"
+    return (
+        f"{explained['country']} {explained['type']}s in {explained['currency']} ({what});"
+        f" health over the last {policy['window_s']:g}s, floor"
+        f" {policy['success_floor'] * 100:g}%, min volume {policy['min_volume']}"
+    )
+
+
+def _explain_row(entry: dict[str, Any]) -> tuple[str, ...]:
+    rate = entry["success_rate"]
+    window = "-" if rate is None else f"{entry['succeeded']}/{entry['final']} ({rate * 100:.0f}%)"
+    return (
+        str(entry["rank"]),
+        entry["gateway"],
+        str(entry["priority"]),
+        str(entry["weight"]),
+        f"{entry['share'] * 100:.0f}%",
+        window,
+        "yes" if entry["demoted"] else "no",
+        entry["reason"],
+    )
+
+
 def _switch(country: str, kind: str, gateway: str, enabled: bool, actor: str) -> None:
     from paystream_storage.routes import set_route_enabled
 
@@ -291,15 +490,39 @@ def _warn_inactive(views: Sequence[RouteView]) -> None:
 
 def _describe(views: Sequence[RouteView]) -> str:
     marks = {"disabled": " (disabled)", "gateway-down": " (gateway down)", "enabled": ""}
-    return ", ".join(f"{view.gateway}{marks[view.state]}" for view in views) or "nothing"
+    return _levels([(v.priority, v.gateway, v.weight, marks[v.state]) for v in views])
 
 
 def _describe_json(routes: Any) -> str:
-    if not routes:
-        return "nothing"
-    return ", ".join(
-        route["gateway"] + ("" if route["enabled"] else " (disabled)") for route in routes
+    # Changes recorded before routes had weights carry none: they weighed the default.
+    return _levels(
+        [
+            (
+                route["priority"],
+                route["gateway"],
+                route.get("weight", 100),
+                "" if route["enabled"] else " (disabled)",
+            )
+            for route in routes or ()
+        ]
     )
+
+
+def _levels(routes: Sequence[tuple[int, str, int, str]]) -> str:
+    """Priority levels in order, ", " between them; gateways of one level joined by " + "
+    with their weights (a lone gateway's weight only when it is not the default)."""
+    levels: dict[int, list[tuple[str, int, str]]] = {}
+    for priority, gateway, weight, mark in routes:
+        levels.setdefault(priority, []).append((gateway, weight, mark))
+    out = []
+    for _, level in sorted(levels.items()):
+        shown = len(level) > 1 or any(weight != 100 for _, weight, _ in level)
+        out.append(
+            " + ".join(
+                f"{gateway}{f':{weight}' if shown else ''}{mark}" for gateway, weight, mark in level
+            )
+        )
+    return ", ".join(out) or "nothing"
 
 
 def _describe_limits(limits: Any) -> str:
