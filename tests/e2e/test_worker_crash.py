@@ -1,5 +1,6 @@
-"""kill -9 the gateway worker and the callback worker again and again, while deposits
-arrive at 100/s: nothing lost, nothing done twice, the books exact."""
+"""kill -9 a gateway worker (of two, sharing their breakers) and the callback worker again
+and again, while deposits arrive at 100/s: nothing lost, nothing done twice, the books
+exact."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 
 from paystream_cli.demo_seed import DEPOSIT_ROUTES
-from tests.e2e.stack import Stack, running_stack
+from tests.e2e.stack import Stack, extra_gateway_worker, running_stack
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +32,11 @@ KEY = re.compile(r"^ps-([0-9a-f-]{36})-\d+$")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("crash")) as s:
+    """The stack with a second gateway worker in the group: the stack's own one is killed,
+    the second takes its partitions meanwhile and goes on calling the gateways."""
+    tmp = tmp_path_factory.mktemp("crash")
+    with running_stack(tmp) as s, extra_gateway_worker(s, tmp) as second:
+        second.wait_assigned()
         yield s
 
 

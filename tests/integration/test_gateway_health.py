@@ -82,6 +82,7 @@ async def test_an_open_published_by_one_view_is_seen_by_the_other(kafka: KafkaSe
         one.live.opened(GW, failures=5, opened_at=now, open_until=now + 10, reason="test")
         assert one.live.view[GW].state == "open", "in its own view at once"
         await eventually(lambda: GW in two.live.view, "the open in w2")
+        print(f"\nan open reached the other view in {time.time() - now:.2f} s (fetch wait 250 ms)")
         assert two.live.view[GW].state == "open"
         assert two.live.view[GW] == one.live.view[GW]
 
