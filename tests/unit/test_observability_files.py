@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from paystream_callback_ingress.metrics import IngressMetrics
 from paystream_gateway_worker.metrics import WorkerMetrics
+from paystream_gateway_worker.routing_state import RoutingState
+from paystream_gateway_worker.settings import GatewayWorkerSettings
 from paystream_ingest_api.metrics import IngestMetrics
 from paystream_provider_reports.metrics import CallbackMetrics
 from tests.support.observability import (
@@ -28,10 +30,14 @@ from tests.support.observability import (
 
 
 def _registries() -> list[CollectorRegistry]:
+    worker = WorkerMetrics()
+    # The routing metrics live with the routing state, on the worker's registry.
+    settings = GatewayWorkerSettings(database_url="postgresql://x@h/d", kafka_bootstrap="h:1")
+    RoutingState(settings, worker.registry)
     return [
         IngestMetrics().registry,
         IngressMetrics().registry,
-        WorkerMetrics().registry,
+        worker.registry,
         CallbackMetrics().registry,
     ]
 
@@ -67,7 +73,8 @@ def test_the_rules_cover_what_the_issue_asks() -> None:
 
     for fragment in (
         "kafka_consumergroup_lag",
-        "paystream_worker_breaker_open",
+        'paystream_gateway_breaker_state{state="open"}',
+        "paystream_routing_demoted",
         "paystream_worker_dead_letters_total",
         "paystream_callback_worker_dead_letters_total",
         'paystream_transactions_waiting_oldest_age_seconds{status="pending"}',
