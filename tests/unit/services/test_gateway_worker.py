@@ -542,3 +542,37 @@ async def test_an_answer_contradicting_a_callback_is_an_anomaly(env: Env) -> Non
     await env.run(record)
     assert env.store.status(txn) == Status.FAILED
     assert [a.kind for a in env.store.anomalies(txn)] == ["contradiction"]
+
+
+async def test_a_call_that_raises_unexpectedly_is_ambiguous_and_spares_its_batch(
+    env: Env,
+) -> None:
+    """A bug in one call (here in the adapter, after the request went out) must not fail
+    the batch while the other calls are in flight: their batch's one-by-one retry would redo
+    them concurrently with themselves. The broken one may have executed: unknown, no
+    fallback."""
+    release = asyncio.Event()
+    broken_key: list[str] = []
+
+    async def meanwhile(request: PaymentRequest) -> None:
+        if request.idempotency_key in broken_key:
+            raise KeyError("provider answer without 'status'")
+        await release.wait()  # the healthy call is still in flight when the other breaks
+
+    def script(request: PaymentRequest) -> Outcome:
+        return Succeeded(f"ref-{request.idempotency_key}")
+
+    a = env.gateway("gw_a", script)
+    a.meanwhile = meanwhile
+    b = env.gateway("gw_b", ok)
+    broken, broken_record = env.command(account="acc-1")
+    healthy, healthy_record = env.command(account="acc-2")
+    broken_key.append(f"ps-{broken}-1")
+    asyncio.get_running_loop().call_later(0.05, release.set)
+    await env.run(broken_record, healthy_record)
+
+    assert env.store.status(healthy) == Status.SUCCEEDED
+    assert a.calls.count(f"ps-{healthy}-1") == 1, "the healthy call was made once"
+    assert env.store.status(broken) == Status.UNKNOWN
+    assert attempts(env, broken) == [(1, "gw_a", "ambiguous", "internal_error")]
+    assert b.calls == [], "no second gateway while the first call may have executed"

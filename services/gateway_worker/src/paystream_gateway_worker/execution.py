@@ -270,7 +270,27 @@ _OUTCOME_CLASS = {
 
 async def _call(deps: WorkerDeps, plan: Plan) -> CallResult:
     """One provider attempt, in its own span (a child of the command's intake) and with
-    its transaction named in the log lines."""
+    its transaction named in the log lines.
+
+    Never raises for a bug or an error nobody classified (in an adapter, the breaker, a
+    lookup): such a call may have executed, so it is ambiguous and its transaction goes to
+    the reconciler as `unknown`. Raising instead would fail the batch's `gather` while the
+    other calls are still in flight, and the batch's one-by-one retry would then redo those
+    attempts concurrently with themselves."""
+    try:
+        return await _traced_call(deps, plan)
+    except Exception as exc:
+        log.exception(
+            "attempt %d of transaction %s at %s failed unexpectedly; it may have executed",
+            plan.seq,
+            plan.transaction_id,
+            plan.gateway,
+        )
+        deps.metrics.attempts.labels(plan.gateway, "internal_error").inc()
+        return AmbiguousCall("internal_error", f"{type(exc).__name__}: {exc}")
+
+
+async def _traced_call(deps: WorkerDeps, plan: Plan) -> CallResult:
     with log_context(
         tenant=plan.tenant_id, transaction=plan.transaction_id, traceparent=plan.trace
     ):
