@@ -29,6 +29,8 @@ def test_every_demo_country_succeeds_through_its_priority_one_gateway(stack: Sta
         assert snap["status"] == "succeeded", snap
         assert snap["gateway"] == DEPOSIT_ROUTES[country][0], (country, snap["attempts"])
         assert [a["seq"] for a in snap["attempts"]] == [1]
+        # Why routing chose it, as the API shows it (one gateway per priority, no demotion).
+        assert snap["attempts"][0]["route_reason"] == "priority 1", snap["attempts"]
 
 
 def test_down_gateway_falls_back_and_the_breaker_cycles(stack: Stack) -> None:

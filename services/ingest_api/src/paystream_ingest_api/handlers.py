@@ -200,6 +200,7 @@ async def transaction_snapshot(
                         if a.error_class
                         else None
                     ),
+                    "route_reason": a.route_reason,
                     "started_at": a.started_at.isoformat(),
                     "finished_at": a.finished_at.isoformat() if a.finished_at else None,
                 }

@@ -106,7 +106,35 @@ _SCHEMAS: dict[str, Any] = {
                 "type": ["object", "null"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
             },
-            "attempts": {"type": "array", "items": {"type": "object"}},
+            "attempts": {
+                "type": "array",
+                "description": "Every call to a gateway, first first.",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "seq": {"type": "integer"},
+                        "gateway": {"type": "string"},
+                        "status": {"type": "string"},
+                        "provider_reference": {"type": ["string", "null"]},
+                        "error": {
+                            "type": ["object", "null"],
+                            "properties": {
+                                "class": {"type": "string"},
+                                "code": {"type": ["string", "null"]},
+                                "message": {"type": ["string", "null"]},
+                            },
+                        },
+                        "route_reason": {
+                            "type": ["string", "null"],
+                            "description": "Why routing chose this gateway, e.g. `priority 1`,"
+                            " `priority 1; weight 70 of 100 (draw 0.42)`, `demoted: ...`"
+                            " (null for attempts made before it was recorded).",
+                        },
+                        "started_at": {"type": "string", "format": "date-time"},
+                        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+            },
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
         },
