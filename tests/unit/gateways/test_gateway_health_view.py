@@ -19,6 +19,7 @@ from paystream_messaging.gateway_health import (
     claim_granted,
     decode,
     encode,
+    same_breaker,
     to_json,
 )
 
@@ -136,6 +137,7 @@ def test_the_first_record_of_a_gateway_is_taken_whole() -> None:
         opened(),
         claim("w1", 111.0, 131.0),
         rec("operator", operator="down", by="cli:alice@host"),
+        rec("restate", by="w2", state="half_open", lease=Lease("w1", 131.0)),
     ],
 )
 def test_records_round_trip_and_match_the_published_schema(record: HealthRecord) -> None:
@@ -170,5 +172,14 @@ def test_what_is_not_a_record_is_refused(value: bytes | None) -> None:
 
 def test_unknown_fields_are_ignored_for_newer_publishers() -> None:
     data = {**to_json(opened()), "window": 30}
+    jsonschema.validate(data, SCHEMA)  # the schema allows them too
     assert decode(json.dumps(data).encode()) == opened()
     assert dataclasses.asdict(opened())["state"] == "open"
+
+
+def test_a_restate_changes_nothing_for_a_view_that_read_the_log_and_is_taken_whole_first() -> None:
+    before = run(rec("reset"), opened(), claim("w1", 111.0, 131.0))
+    restate = dataclasses.replace(before, event="restate", by="w2", at=112.0, reason="restated")
+    assert run(rec("reset"), opened(), claim("w1", 111.0, 131.0), restate) == before
+    assert same_breaker(run(restate), before), "after compaction: the same breaker"
+    assert not same_breaker(claim("w2", 111.1, 131.1), before), "a denied claim is not"

@@ -9,6 +9,11 @@ comes first (`SharedBreaker.admitted`, entered by `resilience._try_once` before 
 a worker claims the probe lease on the channel and only the worker granted it, and in it
 only one call, probes. Everything refused there is refused before anything is sent, so it
 is NotExecuted(BREAKER_OPEN) and the fallback to the next gateway stays safe.
+
+Only the lease holder moves a breaker that is not closed: a call admitted while closed that
+fails after the breaker opened (a hanging gateway's read timeout is longer than the open
+period) neither reopens nor extends it, and pybreaker's own open-period check reads the
+same clock as admission, so the two never disagree into an open -> half-open -> open loop.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
 
 import pybreaker
 
@@ -47,6 +52,9 @@ class HealthEntry(Protocol):
     @property
     def open_until(self) -> float | None: ...
 
+    @property
+    def lease(self) -> LeaseLike | None: ...
+
     def lease_held(self, now: float) -> LeaseLike | None: ...
 
 
@@ -72,10 +80,12 @@ class HealthChannel(Protocol):
 
     def closed(self, gateway: str, *, reason: str) -> None: ...
 
-    async def claim(self, gateway: str, *, until: float, timeout_s: float) -> bool: ...
+    async def claim(
+        self, gateway: str, *, until: float, timeout_s: float
+    ) -> Literal["granted", "denied", "timeout"]: ...
 
 
-# (gateway, result): granted | denied | succeeded | failed
+# (gateway, result): granted | denied | timeout | succeeded | failed
 OnProbe = Callable[[str, str], None]
 
 
@@ -100,6 +110,15 @@ class ViewStorage(pybreaker.CircuitBreakerStorage):
     def _entry(self) -> HealthEntry | None:
         return self._channel.entry(self._gateway)
 
+    def _may_move(self, entry: HealthEntry | None) -> bool:
+        """Whether this worker's call may open or close the breaker: always while it is
+        closed; otherwise only as the holder of the probe lease (even expired: nobody took
+        it over). Anyone else's call was admitted while closed and ended late: the probe,
+        not that call, says whether the gateway is back."""
+        if entry is None or entry.state == "closed":
+            return True
+        return entry.lease is not None and entry.lease.holder == self._channel.worker_id
+
     @property
     def state(self) -> str:
         entry = self._entry()
@@ -111,6 +130,8 @@ class ViewStorage(pybreaker.CircuitBreakerStorage):
     def state(self, state: str) -> None:
         entry = self._entry()
         was = entry.state if entry is not None else "closed"
+        if not self._may_move(entry):
+            return
         if state == pybreaker.STATE_OPEN:
             opened = self._clock()
             failures = self.counter
@@ -163,12 +184,15 @@ class ViewStorage(pybreaker.CircuitBreakerStorage):
 
     @property
     def opened_at(self) -> datetime | None:
-        # pybreaker checks opened_at + reset_timeout against now: report the shared
-        # open_until minus our timeout, so it agrees with whoever opened the breaker.
+        # pybreaker checks opened_at + reset_timeout against its own datetime.now(): report
+        # the shared open_until minus our timeout, shifted onto pybreaker's clock, so that
+        # its check is "our clock < open_until" exactly as admission's (with time.time in
+        # production the shift is nil; a test's clock moves both together).
         entry = self._entry()
         if entry is None or entry.open_until is None:
             return None
-        return datetime.fromtimestamp(entry.open_until - self._reset_timeout_s, UTC)
+        shift = timedelta(seconds=entry.open_until - self._reset_timeout_s - self._clock())
+        return datetime.now(UTC) + shift
 
     @opened_at.setter
     def opened_at(self, value: datetime) -> None:
@@ -198,6 +222,7 @@ class SharedBreaker(AdmittingBreaker):
         self._claim_wait_s = claim_wait_s
         self._on_probe = on_probe or (lambda _gateway, _result: None)
         self._probing = False  # one call of this process probes at a time
+        self._counted_lease: float | None = None  # `until` of the last lease counted granted
         self._view_storage = ViewStorage(gateway, channel, reset_timeout_s, clock)
         super().__init__(
             fail_max=fail_max,
@@ -222,6 +247,17 @@ class SharedBreaker(AdmittingBreaker):
     def state(self, state_str: str) -> None:
         with self._lock:
             self._state = self._create_new_state(state_str, prev_state=self._state, notify=True)
+
+    def half_open(self) -> None:
+        """pybreaker's open state calls this once its open period is over, then calls again
+        expecting half-open. Only the shared view makes a breaker half-open (a granted
+        claim): if it is not, refuse the call (nothing sent) rather than re-sync to open and
+        go round open -> half-open -> open until the stack runs out."""
+        if self.current_state != pybreaker.STATE_HALF_OPEN:
+            raise pybreaker.CircuitBreakerError(
+                "circuit breaker open: this worker holds no probe lease in the shared view"
+            )
+        super().half_open()
 
     def note_failure(self, exc: BaseException) -> None:
         """Remember what the failing call raised: the record that counts it says why."""
@@ -252,17 +288,34 @@ class SharedBreaker(AdmittingBreaker):
             )
         self._probing = True
         try:
-            if held is None:  # ours if held: a claim granted after we stopped waiting
-                granted = await self._channel.claim(
-                    self._gateway, until=now + self._lease_s, timeout_s=self._claim_wait_s
+            if held is not None and entry.state == "half_open":
+                # Ours, granted after our claim stopped waiting for it: take it up.
+                if self._counted_lease != held.until:
+                    self._counted_lease = held.until
+                    self._on_probe(self._gateway, "granted")
+            else:
+                # No lease, or ours from before the breaker opened again (a late open
+                # landed after our grant): claim anew, the log decides.
+                until = now + self._lease_s
+                result = await self._channel.claim(
+                    self._gateway, until=until, timeout_s=self._claim_wait_s
                 )
-                self._on_probe(self._gateway, "granted" if granted else "denied")
-                if not granted:
+                self._on_probe(self._gateway, result)
+                if result != "granted":
                     raise pybreaker.CircuitBreakerError(
                         "circuit breaker half-open: the probe lease went to another worker"
+                        if result == "denied"
+                        else "circuit breaker half-open: the lease claim did not come back in time"
                     )
+                self._counted_lease = until
             try:
                 yield
+            except pybreaker.CircuitBreakerError as exc:
+                # Raised while handling the call's error: pybreaker tripping on the failed
+                # probe. Raised on its own: refused before sending (the view changed).
+                if exc.__context__ is not None:
+                    self._on_probe(self._gateway, "failed")
+                raise
             except BaseException:
                 self._on_probe(self._gateway, "failed")
                 raise

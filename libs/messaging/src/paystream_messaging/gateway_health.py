@@ -12,6 +12,12 @@ Records are snapshots, but `apply` takes from each only what its event may chang
 worker publishing from a view a few records behind must not undo what it has not seen yet
 (a stale failure count does not close an open breaker; only a lease's holder changes the
 lease; only the operator command changes `operator`).
+
+Compaction keeps only the last record of each key, and a view that starts after it takes
+that record whole. A record `apply` ignored or took only part of (a late failure, a denied
+claim) would then stand for the whole state: so its publisher, seeing its own record come
+back different from the entry it produced, publishes a `restate` (the entry as its view has
+it), which views that read the log before it ignore.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from typing import Any, Final, Literal, get_args
 State = Literal["closed", "open", "half_open"]
 # failure: one more consecutive failure counted while closed; reset: a success brought the
 # count back to 0; open: tripped (or a probe failed); close: a probe succeeded; claim: a
-# worker asks for the half-open probe lease; operator: `paystream gateways down|up`.
-Event = Literal["failure", "reset", "open", "close", "claim", "operator"]
+# worker asks for the half-open probe lease; operator: `paystream gateways down|up`;
+# restate: the whole entry again, for views that start from it after compaction.
+Event = Literal["failure", "reset", "open", "close", "claim", "operator", "restate"]
 Operator = Literal["down", "up"]
 
 STATES: Final[tuple[str, ...]] = get_args(State)
@@ -99,6 +106,8 @@ def merge(current: HealthRecord | None, record: HealthRecord) -> HealthRecord:
         # out a lease it could otherwise have claimed, the safe direction.)
         return record
     match record.event:
+        case "restate":
+            return current  # it says nothing a view that read the log before it lacks
         case "operator":
             return _changed(current, record, operator=record.operator)
         case "failure":
@@ -144,6 +153,16 @@ def merge(current: HealthRecord | None, record: HealthRecord) -> HealthRecord:
     raise AssertionError(f"unknown event {record.event!r}")  # pragma: no cover
 
 
+def same_breaker(record: HealthRecord, entry: HealthRecord) -> bool:
+    """Whether `record`, read whole (as a view starting after compaction reads it), gives
+    the breaker state `entry` has: the same state, count, period, lease and operator."""
+    return _breaker_fields(record) == _breaker_fields(entry)
+
+
+def _breaker_fields(r: HealthRecord) -> tuple[Any, ...]:
+    return (r.state, r.failures, r.opened_at, r.open_until, r.lease, r.operator)
+
+
 def _changed(current: HealthRecord, record: HealthRecord, **changes: Any) -> HealthRecord:
     """`current` with `changes`, stamped with who made them, when and why."""
     return dataclasses.replace(
@@ -182,7 +201,8 @@ def encode(record: HealthRecord) -> bytes:
 
 def decode(value: bytes | None) -> HealthRecord:
     """A record from the topic; BadHealthRecord for anything else. Unknown fields are
-    ignored, so a newer publisher can add one without breaking older readers."""
+    ignored (the schema allows them), so a newer publisher can add one without breaking
+    older readers."""
     if value is None:
         raise BadHealthRecord("no value (a tombstone)")
     try:
