@@ -13,18 +13,24 @@ from contextlib import asynccontextmanager
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+)
 
+from paystream_cli.commands import gateways as gateways_command
 from paystream_cli.demo_seed import seed_routing
 from paystream_cli.main import cli
 from paystream_config import DatabaseSettings, KafkaSettings
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.gateway_health import decode
-from paystream_messaging.gateway_health_topic import HealthTopic, read_view
+from paystream_messaging.gateway_health_topic import HealthTopic, TopicLayoutError, read_view
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.topics import ensure_topics
 from paystream_storage.db import create_engine, sessionmaker
+from tests.support.asgi_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -97,8 +103,8 @@ async def test_two_concurrent_claims_grant_exactly_one_in_both_views(kafka: Kafk
             one.live.claim(GW, until=until, timeout_s=5),
             two.live.claim(GW, until=until + 0.5, timeout_s=5),
         )
-        assert sorted(granted) == [False, True]
-        winner = "w1" if granted[0] else "w2"
+        assert sorted(granted) == ["denied", "granted"]
+        winner = "w1" if granted[0] == "granted" else "w2"
         await eventually(lambda: one.live.entry(GW) == two.live.entry(GW), "views agreeing")
         entry = one.live.view[GW]
         assert entry.state == "half_open"
@@ -143,3 +149,52 @@ def test_operator_commands_show_in_the_view(kafka: KafkaSettings, database_url: 
     assert "paystream gateways up" in table.output
     missing = runner.invoke(cli, ["gateways", "down", "nope"], env=env)
     assert missing.exit_code == 2
+
+
+def test_a_health_topic_with_two_partitions_is_refused(kafka_bootstrap: str) -> None:
+    """Views read partition 0 only: on a topic with more they would miss records (and a
+    breaker opened there would never close in them), so nothing starts on it."""
+    settings = KafkaSettings(
+        kafka_bootstrap=kafka_bootstrap, topic_prefix=f"health2-{uuid.uuid4().hex[:8]}"
+    )
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    name = settings.topic(topics.GATEWAY_HEALTH)
+    for future in admin.create_topics([NewTopic(name, num_partitions=2)]).values():
+        future.result(10)
+    with pytest.raises(TopicLayoutError, match="2 partitions"):
+        read_view(settings, timeout_s=10)
+
+    async def start() -> None:
+        publisher = AsyncPublisher(producer_config(settings, "w1"))
+        health = HealthTopic(settings, publisher, worker_id="w1", fetch_wait_ms=250)
+        try:
+            await health.start(catch_up_s=10)
+        finally:
+            health.close()
+            publisher.close()
+
+    with pytest.raises(TopicLayoutError):
+        asyncio.run(start())
+
+
+def test_the_operator_commands_give_up_on_a_broker_that_is_away(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens on the port: the commands end (exit 1) instead of waiting forever,
+    and `health` without a broker configured is a settings error."""
+    monkeypatch.setattr(gateways_command, "HEALTH_TIMEOUT_S", 2.0)
+    asyncio.run(_seed_routing(database_url))
+    away = {
+        "PAYSTREAM_DATABASE_URL": database_url,
+        "PAYSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+    }
+    runner = CliRunner()
+    health = runner.invoke(cli, ["gateways", "health"], env=away)
+    assert health.exit_code == 1, health.output
+    down = runner.invoke(cli, ["gateways", "down", "stripe"], env=away)
+    assert down.exit_code == 1, down.output
+    assert "stripe is down: every worker routes accordingly" in down.output
+    assert "not updated" in down.output
+    unset = runner.invoke(cli, ["gateways", "health"], env={"PAYSTREAM_KAFKA_BOOTSTRAP": ""})
+    assert unset.exit_code == 2
+    assert "PAYSTREAM_KAFKA_BOOTSTRAP is not set" in unset.output

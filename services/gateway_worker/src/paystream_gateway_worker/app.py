@@ -7,6 +7,7 @@ may not be durable.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +28,14 @@ def create_app(
     app = faust_app(
         settings, settings.worker_group, busy_fetch_wait_ms=settings.worker_fetch_wait_ms
     )
-    deps = Lazy(build_deps)
+    built: list[WorkerDeps] = []  # what shutdown has to close (nothing if never built)
+
+    async def build_and_keep() -> WorkerDeps:
+        d = await build_deps()
+        built.append(d)
+        return d
+
+    deps = Lazy(build_and_keep)
 
     # One actor: records reach the pipeline in offset order, which keeps one account's
     # commands in order; the pipeline itself runs many commands at once.
@@ -49,7 +57,20 @@ def create_app(
         host=settings.worker_web_host,
         port=settings.worker_web_port,
         stall_after_s=settings.worker_stall_after_s,
-        # the shared view of every gateway's breaker (as this worker has it)
-        extra=lambda d: {"breakers": d.breakers.view()},
+        # the shared view of every gateway's breaker (as this worker has it), and whether
+        # that view is caught up and still hears the topic
+        extra=lambda d: {
+            "breakers": d.breakers.view(),
+            **({"breaker_view": d.health.status()} if d.health is not None else {}),
+        },
     )
+
+    @app.on_before_shutdown.connect
+    async def close_deps(_app: Any, /, *_args: Any, signal: Any, **_kwargs: Any) -> None:
+        """Stop the background work the deps started (after the consumer stopped)."""
+        for d in built:
+            await d.routing.close()
+            if d.health is not None:
+                await asyncio.to_thread(d.health.close)
+
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from paystream_core.ports import PaymentStore
 from paystream_gateway_worker.metrics import WorkerMetrics
@@ -15,6 +15,14 @@ from paystream_gateways.resilience import Breakers
 from paystream_keyring import KeyRing
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_streams.records import DeadLetters
+
+
+class HealthView(Protocol):
+    """The shared breaker view's reader (`gateway_health_topic.HealthTopic`)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 class GatewayLookup(Protocol):
@@ -31,6 +39,7 @@ class WorkerDeps:
     dead_letters: DeadLetters
     breakers: Breakers
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    health: HealthView | None = None  # None in tests with in-process breakers
     routing: RoutingState = field(init=False)
 
     def __post_init__(self) -> None:

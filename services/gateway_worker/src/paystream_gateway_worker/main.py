@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -18,7 +19,7 @@ from paystream_gateways.shared_breakers import SharedBreakers
 from paystream_keyring import KeyRing, KeyRingSettings
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import AsyncPublisher
-from paystream_messaging.gateway_health_topic import HealthTopic
+from paystream_messaging.gateway_health_topic import HealthTopic, TopicLayoutError
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.config_cache import ConfigCache
@@ -28,6 +29,8 @@ from paystream_storage.pool import HotPool
 from paystream_streams import app as streams
 from paystream_streams.records import KafkaDeadLetters
 from paystream_telemetry.tracing import setup_tracing
+
+log = logging.getLogger(__name__)
 
 
 def build_deps_factory(
@@ -39,7 +42,7 @@ def build_deps_factory(
         config = ConfigCache()
         publisher = AsyncPublisher(producer_config(settings, "paystream-gateway-worker"))
         metrics = WorkerMetrics()
-        breakers = await shared_breakers(settings, publisher, metrics)
+        health, breakers = await shared_breakers(settings, publisher, metrics)
         return WorkerDeps(
             settings=settings,
             store=PgPaymentStore(HotPool(settings), registry, config),
@@ -58,6 +61,7 @@ def build_deps_factory(
             ),
             breakers=breakers,
             metrics=metrics,
+            health=health,
         )
 
     return build
@@ -65,9 +69,11 @@ def build_deps_factory(
 
 async def shared_breakers(
     settings: GatewayWorkerSettings, publisher: AsyncPublisher, metrics: WorkerMetrics
-) -> SharedBreakers:
+) -> tuple[HealthTopic, SharedBreakers]:
     """The breakers every worker shares, over a view of the gateway-health topic read to
-    its end first: a worker (re)started while a breaker is open must not call that gateway."""
+    its end first: a worker (re)started while a breaker is open must not call that gateway.
+    A topic that is missing or has more than one partition stops the worker here
+    (TopicLayoutError)."""
     health = HealthTopic(
         settings,
         publisher,
@@ -75,9 +81,15 @@ async def shared_breakers(
         fetch_wait_ms=settings.breaker_view_fetch_wait_ms,
         on_change=metrics.breaker_changed,
         on_publish_error=metrics.health_publish_errors.inc,
+        on_reader_error=metrics.health_reader_errors.inc,
     )
-    await health.start(catch_up_s=settings.breaker_view_catch_up_s)
-    return SharedBreakers(
+    metrics.watch_health_view(health)
+    try:
+        await health.start(catch_up_s=settings.breaker_view_catch_up_s)
+    except TopicLayoutError:
+        log.critical("gateway worker cannot start", exc_info=True)
+        raise
+    return health, SharedBreakers(
         health.live,
         settings.breaker_fail_max,
         settings.breaker_reset_timeout_s,

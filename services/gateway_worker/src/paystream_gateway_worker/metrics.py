@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from paystream_messaging.gateway_health import STATES, HealthRecord
+
+
+class HealthViewStatus(Protocol):
+    """The breaker view's reader (`paystream_messaging.gateway_health_topic.HealthTopic`)."""
+
+    @property
+    def caught_up(self) -> bool: ...
+
+    def seconds_since_record(self) -> float | None: ...
 
 
 @dataclass
@@ -72,6 +82,22 @@ class WorkerMetrics:
             "Breaker changes this worker could not publish on the gateway-health topic",
             registry=self.registry,
         )
+        self.health_view_caught_up = Gauge(
+            "paystream_gateway_health_view_caught_up",
+            "1 once this worker's breaker view has read the gateway-health topic to its end",
+            registry=self.registry,
+        )
+        self.health_view_record_age = Gauge(
+            "paystream_gateway_health_view_seconds_since_record",
+            "Seconds since this worker's breaker view last received a record (-1: none yet;"
+            " records come only with changes)",
+            registry=self.registry,
+        )
+        self.health_reader_errors = Counter(
+            "paystream_gateway_health_reader_errors_total",
+            "Times the gateway-health reader failed and was restarted (its view stood still)",
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "paystream_worker_batch_size",
             "Commands taken in together (one intake transaction per tenant)",
@@ -91,6 +117,16 @@ class WorkerMetrics:
             self.breaker_state.labels(after.gateway, state).set(1 if state == after.state else 0)
         if after.state != (before.state if before is not None else "closed"):
             self.breaker_transitions.labels(after.gateway, after.state).inc()
+
+    def watch_health_view(self, view: HealthViewStatus) -> None:
+        """Read the view's reader state at every scrape."""
+        self.health_view_caught_up.set_function(lambda: 1.0 if view.caught_up else 0.0)
+
+        def age() -> float:
+            since = view.seconds_since_record()
+            return -1.0 if since is None else since
+
+        self.health_view_record_age.set_function(age)
 
     def probe(self, gateway: str, result: str) -> None:
         self.breaker_probes.labels(gateway, result).inc()

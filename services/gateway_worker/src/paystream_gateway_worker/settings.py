@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Final, Self
+
+from pydantic import Field, model_validator
 
 from paystream_config import DatabaseSettings, KafkaSettings, RoutingSettings
+
+# What the probe lease must hold beyond its claim's wait and the call's timeouts: workers'
+# clocks differ (another worker judges our lease's expiry by its own clock) and the call
+# starts a little after the grant.
+LEASE_MARGIN_S: Final = 2.0
 
 
 class GatewayWorkerSettings(KafkaSettings, DatabaseSettings, RoutingSettings):
@@ -30,10 +37,11 @@ class GatewayWorkerSettings(KafkaSettings, DatabaseSettings, RoutingSettings):
     # across workers, and an open breaker is open everywhere.
     breaker_fail_max: int = Field(default=5, ge=1, le=1000)
     breaker_reset_timeout_s: float = Field(default=10.0, gt=0, le=3600)
-    # The half-open probe lease: its one call must end within it (connect + read timeouts)
-    # or another worker may probe too; the lease of a worker that died blocks probing this
-    # long. A probe that ends releases it at once.
-    breaker_probe_lease_s: float = Field(default=20.0, gt=0, le=600)
+    # The half-open probe lease: its one call must end within it or another worker may
+    # probe too, so it must exceed claim wait + connect + read timeouts + 2 s (checked at
+    # start); the lease of a worker that died blocks probing this long. A probe that ends
+    # releases it at once.
+    breaker_probe_lease_s: float = Field(default=25.0, gt=0, le=600)
     # How long a call waits for its lease claim to come back through the topic before it is
     # refused as breaker-open (and falls back: nothing was sent).
     breaker_claim_wait_s: float = Field(default=2.0, gt=0, le=30)
@@ -53,3 +61,21 @@ class GatewayWorkerSettings(KafkaSettings, DatabaseSettings, RoutingSettings):
     # A consumer that has records to process but makes no progress for this long is
     # reported unhealthy by /healthz, so an orchestrator restarts it.
     worker_stall_after_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_the_probe(self) -> Self:
+        # The lease runs from the claim: it must cover waiting for the grant and the whole
+        # probe call, or a second probe could start while the first is still in flight.
+        needed = (
+            self.breaker_claim_wait_s
+            + self.gateway_connect_timeout_s
+            + self.gateway_read_timeout_s
+            + LEASE_MARGIN_S
+        )
+        if self.breaker_probe_lease_s < needed:
+            raise ValueError(
+                f"breaker_probe_lease_s ({self.breaker_probe_lease_s:g}) must be at least"
+                f" breaker_claim_wait_s + gateway_connect_timeout_s + gateway_read_timeout_s"
+                f" + {LEASE_MARGIN_S:g} s = {needed:g}: a probe must end within its lease"
+            )
+        return self

@@ -1,7 +1,9 @@
 """`paystream gateways list|down|up|health`.
 
-Exit codes: 0 done, 1 the health topic could not be read or written (`down`/`up` have then
-changed routing in PostgreSQL all the same), 2 usage or settings error, or no such gateway.
+Exit codes: 0 done, 1 the health topic could not be read or written within HEALTH_TIMEOUT_S
+(broker away, topic missing or not one partition; `down`/`up` have then changed routing in
+PostgreSQL all the same), 2 usage or settings error (`health` without
+PAYSTREAM_KAFKA_BOOTSTRAP), or no such gateway.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from typing import TYPE_CHECKING, Literal
 import click
 
 from paystream_cli.common import database, fail, run_owner, settings
+
+# Reading the whole (compacted, small) health topic takes well under a second; this bounds
+# how long a command waits for a broker that is away before it exits 1.
+HEALTH_TIMEOUT_S = 15.0
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -98,7 +104,11 @@ def _publish_operator(code: str, operator: Literal["up", "down"]) -> None:
     from paystream_config import KafkaSettings
     from paystream_messaging.async_publisher import PublishFailed
     from paystream_messaging.gateway_health import closed
-    from paystream_messaging.gateway_health_topic import publish_record, read_view
+    from paystream_messaging.gateway_health_topic import (
+        TopicLayoutError,
+        publish_record,
+        read_view,
+    )
 
     if not os.environ.get("PAYSTREAM_KAFKA_BOOTSTRAP"):
         click.echo("health view not updated: PAYSTREAM_KAFKA_BOOTSTRAP is not set")
@@ -109,7 +119,7 @@ def _publish_operator(code: str, operator: Literal["up", "down"]) -> None:
     except (KeyError, OSError):  # no login name and no passwd entry (some containers)
         user = "unknown"
     try:
-        current = read_view(kafka, timeout_s=30).get(code) or closed(code)
+        current = read_view(kafka, timeout_s=HEALTH_TIMEOUT_S).get(code) or closed(code)
         record = dataclasses.replace(
             current,
             event="operator",
@@ -118,8 +128,8 @@ def _publish_operator(code: str, operator: Literal["up", "down"]) -> None:
             at=time.time(),
             reason=f"paystream gateways {operator}",
         )
-        publish_record(kafka, record, timeout_s=30)
-    except (TimeoutError, PublishFailed) as exc:
+        publish_record(kafka, record, timeout_s=HEALTH_TIMEOUT_S)
+    except (TimeoutError, TopicLayoutError, PublishFailed) as exc:
         click.echo(f"paystream: the gateway health view was not updated: {exc}", err=True)
         sys.exit(1)
     click.echo(f"{code} is {operator} in the gateway health view")
@@ -133,11 +143,13 @@ def gateways_health(as_json: bool) -> None:
     A gateway nobody reported on is closed."""
     from paystream_config import KafkaSettings
     from paystream_messaging.gateway_health import to_json
-    from paystream_messaging.gateway_health_topic import read_view
+    from paystream_messaging.gateway_health_topic import TopicLayoutError, read_view
 
+    if not os.environ.get("PAYSTREAM_KAFKA_BOOTSTRAP"):
+        fail("PAYSTREAM_KAFKA_BOOTSTRAP is not set: the gateway health view is on Kafka")
     try:
-        view = read_view(settings(KafkaSettings), timeout_s=30)
-    except TimeoutError as exc:
+        view = read_view(settings(KafkaSettings), timeout_s=HEALTH_TIMEOUT_S)
+    except (TimeoutError, TopicLayoutError) as exc:
         click.echo(f"paystream: {exc}", err=True)
         sys.exit(1)
     if as_json:
