@@ -5,7 +5,8 @@ reconciler (a) concludes it when the provider has the payment, (b) queues the co
 when the provider proves it absent, through the outbox, the relay and the broker, and the
 worker resumes it with the same key, (c) marks it `unknown` past the horizon when lookups
 keep failing, never `failed`; (d) never takes a worker's redo of the attempt, in flight,
-for a call a dead worker left (a redo restarts the attempt's clock)."""
+for a call a dead worker left (a redo restarts the attempt's clock, on the database's
+clock), whether it comes before the reconciler reads the attempt or during its lookup."""
 
 from __future__ import annotations
 
@@ -411,6 +412,26 @@ async def test_a_redo_in_flight_is_not_due(env: Env) -> None:
     # would redo the same attempt, or fall back to the next gateway, while this one calls.
     assert await env.reconciler(reconciler_processing_age_s=120).run_once() == {}
     assert env.status(txn) == "processing"
+    await _redo_finishes_once(env, txn, plan)
+
+
+async def test_found_due_then_redone_before_it_is_read_is_left_alone(env: Env) -> None:
+    txn, _, _ = await env.crash_during_call()
+    _worker_died_long_ago(env, txn)
+    reconciler = env.reconciler(reconciler_processing_age_s=120)
+    async with env.deps.store.unit(None) as unit:
+        assert await unit.processing_due(age_s=120, limit=10) == [(env.tenant, txn)]
+    # Between the round's query and its read of the transaction, the command came back.
+    plan = await _redo_planned(env, txn)
+    # The provider has not seen the redo yet: a lookup now would prove it absent and queue
+    # the command again while this worker calls. The read sees the attempt restarted.
+    assert await reconciler.reconcile(env.tenant, txn) == "skipped"
+    assert env.status(txn) == "processing"
+    assert env.query("SELECT count(*) FROM reconciliations") == [(0,)], "nothing looked up"
+    # A redo restarts the attempt, not the transaction: one that keeps being redone (a
+    # worker that crashes on it) is still reported stuck in `processing` by its updated_at.
+    async with env.deps.store.unit(None) as unit:
+        assert await unit.unresolved_count(horizon_s=3600, stuck_processing_s=120) == 1
     await _redo_finishes_once(env, txn, plan)
 
 

@@ -466,6 +466,16 @@ class FakeUnit:
             if stored.status == AttemptStatus.STARTED:
                 self._s.attempts[attempt_id] = dataclasses.replace(stored, started_at=now)
 
+    async def started_for(self, attempt_id: uuid.UUID, *, age_s: float) -> bool:
+        stored = self._s.attempts.get(attempt_id)
+        return (
+            stored is not None
+            and stored.tenant_id == self.tenant
+            and stored.status == AttemptStatus.STARTED
+            and stored.started_at is not None
+            and stored.started_at <= self._now() - timedelta(seconds=age_s)
+        )
+
     async def save_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
         for a in attempts:
             stored = self._s.attempts.get(a.id)

@@ -143,6 +143,13 @@ class PaymentUnit(Protocol):
         `started_at` becomes now. The reconciler takes a `started` attempt older than its
         age for one a dead worker left, so a redo in flight must look young."""
 
+    async def started_for(self, attempt_id: uuid.UUID, *, age_s: float) -> bool:
+        """The attempt is `started` and (last) started at least `age_s` seconds ago, by the
+        database's clock: the one `restart_attempts` and `processing_due` use, so a
+        reconciler whose own clock runs ahead cannot take a redo in flight for a call a
+        dead worker left."""
+        ...
+
     async def find_attempts(self, keys: Collection[AttemptKey]) -> dict[AttemptKey, AttemptRecord]:
         """The attempt each key names (by our key, else the provider's newest reference)."""
         ...

@@ -164,11 +164,18 @@ _ATTEMPTS = f"""
 SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE transaction_id = ANY(%s::uuid[])
 ORDER BY transaction_id, seq
 """
+# With the transaction's country and type, so the health window reads attempts alone
+# (migration 0014). LEFT JOIN: an attempt of a transaction this unit cannot see still
+# meets its foreign key, as before, instead of vanishing.
 _ADD_ATTEMPTS = """
 INSERT INTO attempts (id, tenant_id, transaction_id, seq, gateway_code, connection_id,
-  idempotency_key, status, route_reason)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::text[], %s::uuid[],
+  idempotency_key, status, route_reason, country, transaction_type)
+SELECT v.*, t.country, t.type
+FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::text[], %s::uuid[],
   %s::text[], %s::text[], %s::text[])
+  AS v(id, tenant_id, transaction_id, seq, gateway_code, connection_id, idempotency_key,
+       status, route_reason)
+LEFT JOIN transactions t ON t.id = v.transaction_id
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -184,6 +191,11 @@ WHERE a.id = v.id
 # now(): the database's clock, the one `paystream_processing_due` compares with.
 _RESTART_ATTEMPTS = """
 UPDATE attempts SET started_at = now() WHERE id = ANY(%s::uuid[]) AND status = 'started'
+"""
+# The reconciler's age checks, on the clock `processing_due` and `_RESTART_ATTEMPTS` use.
+_STARTED_FOR = """
+SELECT EXISTS (SELECT 1 FROM attempts WHERE id = %s AND status = 'started'
+  AND started_at <= now() - make_interval(secs => %s))
 """
 _FIND_ATTEMPTS = f"""
 SELECT {_ATTEMPT_COLUMNS} FROM attempts
@@ -658,6 +670,10 @@ class PgPaymentUnit:
     async def restart_attempts(self, attempt_ids: Collection[uuid.UUID]) -> None:
         if attempt_ids:
             await self._conn.execute(_RESTART_ATTEMPTS, (list(attempt_ids),))
+
+    async def started_for(self, attempt_id: uuid.UUID, *, age_s: float) -> bool:
+        rows = await self._rows(_STARTED_FOR, (attempt_id, age_s))
+        return bool(rows[0][0])
 
     async def find_attempts(self, keys: Collection[AttemptKey]) -> dict[AttemptKey, AttemptRecord]:
         if not keys:

@@ -179,10 +179,13 @@ class Reconciler:
             stuck = txn.status == Status.PROCESSING
             if stuck and (not attempts or attempts[-1].status != AttemptStatus.STARTED):
                 return None  # the worker finished the call or is recording the next one
-            if stuck and not _older_than(
-                attempts[-1].started_at, self.settings.reconciler_processing_age_s
+            if stuck and not await unit.started_for(
+                attempts[-1].id, age_s=self.settings.reconciler_processing_age_s
             ):
-                return None  # a worker (re)started the call since it was found due
+                # A worker (re)started the call since it was found due. Judged by the
+                # database's clock, which `processing_due` and the redo's restart use: ours
+                # running ahead would take the redo in flight for an abandoned call.
+                return None
             if not attempts:  # pending without an attempt cannot happen; say so
                 await self._book(unit, txn, "no_attempt")
                 return None
@@ -287,7 +290,8 @@ class Reconciler:
             # be tried) could execute the payment twice; the worker carries on.
             return "attempt_redone"
         horizon = self.settings.reconciler_processing_horizon_s
-        decision = resume_processing(found, past_horizon=_older_than(newest.started_at, horizon))
+        past_horizon = await unit.started_for(newest.id, age_s=horizon)  # the database's clock
+        decision = resume_processing(found, past_horizon=past_horizon)
         now = datetime.now(UTC)
         match decision:
             case Report(outcome=outcome):
