@@ -189,7 +189,16 @@ class Transaction(Base):
 
 class Attempt(Base):
     __tablename__ = "attempts"
-    __table_args__ = (UniqueConstraint("transaction_id", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("transaction_id", "seq"),
+        # The health window (paystream_route_health, every few seconds per worker): final
+        # attempts only. Migration 0014 builds it concurrently.
+        Index(
+            "ix_attempts_final_finished_at",
+            "finished_at",
+            postgresql_where=text("status IN ('succeeded', 'declined')"),
+        ),
+    )
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
     transaction_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("transactions.id"))
@@ -204,10 +213,13 @@ class Attempt(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = _now()
-    # Indexed for the health window (paystream_route_health, every few seconds per worker).
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Why routing chose this gateway (paystream_core.ranking), for operators.
     route_reason: Mapped[str | None] = mapped_column(Text)
+    # The transaction's (never changed), so the health window reads attempts alone. NULL on
+    # rows older than migration 0014 (not counted by the window).
+    country: Mapped[str | None] = mapped_column(String(2))
+    transaction_type: Mapped[str | None] = mapped_column(String(16))
 
 
 class LedgerEntry(Base):

@@ -1,5 +1,5 @@
 """Recent health of each route: final attempts per gateway, country and type in a window,
-and how many succeeded (`paystream_route_health`, migration 0013), as the ranking's
+and how many succeeded (`paystream_route_health`, migrations 0013-0014), as the ranking's
 `WindowStats`. The gateway worker reads it through its payment unit (the app role, no
 tenant: the function is SECURITY DEFINER); `paystream routes explain` through the CLI's
 session."""

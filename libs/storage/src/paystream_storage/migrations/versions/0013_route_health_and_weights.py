@@ -10,8 +10,8 @@ and the recent success rate per gateway, country and type.
   last `window` seconds, per gateway, country and type, and how many succeeded. Health is
   global (a gateway declines every tenant's payments alike) while attempts are under
   row-level security, so, like the reconciler's functions, it is SECURITY DEFINER and
-  returns counts, never a row of any tenant. Every gateway worker calls it every few
-  seconds: the index on attempts(finished_at) keeps it to the window's rows.
+  returns counts, never a row of any tenant. Migration 0014 makes it read attempts alone,
+  with an index (built concurrently) on the window's rows.
 
 Revision ID: 0013
 Revises: 0012
@@ -41,7 +41,6 @@ def upgrade() -> None:
         "weight BETWEEN 1 AND 10000",
     )
     op.add_column("attempts", sa.Column("route_reason", sa.Text(), nullable=True))
-    op.create_index(op.f("ix_attempts_finished_at"), "attempts", ["finished_at"])
     op.execute(
         f"""
         CREATE FUNCTION paystream_route_health(p_window_s double precision)
@@ -63,7 +62,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS paystream_route_health(double precision)")
-    op.drop_index(op.f("ix_attempts_finished_at"), table_name="attempts")
     op.drop_column("attempts", "route_reason")
     op.drop_constraint(op.f("ck_gateway_countries_weight"), "gateway_countries", type_="check")
     op.drop_column("gateway_countries", "weight")
