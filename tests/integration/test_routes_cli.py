@@ -490,8 +490,9 @@ def test_explain_ranks_as_a_worker_with_the_window_stats(env: dict[str, str]) ->
         query(
             env,
             "INSERT INTO attempts (id, tenant_id, transaction_id, seq, gateway_code,"
-            " connection_id, idempotency_key, status, finished_at)"
-            " VALUES (%s, %s, %s, 1, %s, %s, %s, %s, now() - make_interval(secs => %s))"
+            " connection_id, idempotency_key, status, finished_at, country, transaction_type)"
+            " VALUES (%s, %s, %s, 1, %s, %s, %s, %s, now() - make_interval(secs => %s),"
+            " 'DE', 'deposit')"
             " RETURNING id",
             uuid.uuid4(),
             tenant,
@@ -538,3 +539,81 @@ def test_explain_ranks_as_a_worker_with_the_window_stats(env: dict[str, str]) ->
     assert explained["order"][0]["share"] == 1.0
     assert explained["skipped"] == [{"gateway": "soapbank", "why": "amount out of its range"}]
     assert explained["policy"] == {"success_floor": 0.5, "window_s": 600.0, "min_volume": 10}
+
+
+async def test_explain_orders_ties_as_the_tenants_worker_does(
+    env: dict[str, str], store: PgPaymentStore
+) -> None:
+    """Equal priority and weight: a worker tries the tenant's oldest connection first, and
+    skips a gateway where the tenant has none. `--tenant` shows exactly that order; without
+    it the tie is marked, not passed off as the order."""
+    from paystream_core.ranking import HealthPolicy, rank
+    from paystream_core.routing import candidates
+
+    done = await asyncio.to_thread(
+        routes, env, "set", "DE", "deposit", "jsonpay,stripe", "soapbank"
+    )
+    assert done.exit_code == 0, done.output
+    tenant = uuid.uuid4()
+    query(env, "INSERT INTO tenants (id, name) VALUES (%s, 'acme') RETURNING id", tenant)
+    # stripe connected a day before jsonpay; no connection at soapbank.
+    for gateway, age in (("stripe", "1 day"), ("jsonpay", "1 hour")):
+        query(
+            env,
+            "INSERT INTO connections (id, tenant_id, gateway_code, code, credentials_ciphertext,"
+            " credentials_key_id, created_at) VALUES (%s, %s, %s, 'main', '\\x00', 'k',"
+            " now() - %s::interval) RETURNING id",
+            uuid.uuid4(),
+            tenant,
+            gateway,
+            age,
+        )
+    async with store.unit(tenant) as unit:
+        found, connections = await unit.routing("DE", TransactionType.DEPOSIT)
+    eligible = candidates(
+        found,
+        connections,
+        country="DE",
+        kind=TransactionType.DEPOSIT,
+        currency="EUR",
+        amount_minor=1000,
+    )
+    worker = [r.gateway for r in rank(eligible, {}, HealthPolicy(0.5, 300, 50), None)]
+
+    def explained(*args: str) -> dict[str, Any]:
+        result = routes(env, "explain", "DE", "deposit", "EUR", *args)
+        assert result.exit_code == 0, result.output
+        return dict(json.loads(result.output))
+
+    mine = await asyncio.to_thread(explained, "--tenant", "acme", "--json")
+    anyone = await asyncio.to_thread(explained, "--json")
+    text = await asyncio.to_thread(routes, env, "explain", "DE", "deposit", "EUR")
+
+    assert worker == ["stripe", "jsonpay"]
+    assert [(e["gateway"], e["tied"]) for e in mine["order"]] == [
+        ("stripe", False),
+        ("jsonpay", False),
+    ]
+    assert mine["skipped"] == [
+        {"gateway": "soapbank", "why": "the tenant has no enabled connection there"}
+    ]
+    assert [(e["gateway"], e["tied"]) for e in anyone["order"]] == [
+        ("jsonpay", True),
+        ("stripe", True),
+        ("soapbank", False),
+    ]
+    assert "tied (jsonpay, stripe: same priority and weight)" in text.output
+    unknown = await asyncio.to_thread(
+        routes, env, "explain", "DE", "deposit", "EUR", "--tenant", "x"
+    )
+    assert unknown.exit_code == 1
+    assert "no tenant 'x'" in unknown.output
+
+
+def test_explain_without_routes_names_what_was_asked(env: dict[str, str]) -> None:
+    query(env, "INSERT INTO countries VALUES ('PL', 'Poland') RETURNING code")
+    result = routes(env, "explain", "PL", "withdrawal", "PLN")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("PL withdrawals in PLN (any amount);")
+    assert lines[1] == "no gateway takes PL withdrawals in PLN: they are rejected"

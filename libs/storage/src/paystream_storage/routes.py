@@ -20,6 +20,7 @@ route of that gateway: that is what the worker reads (payments._ROUTES) and what
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from paystream_core.countries import ISO_COUNTRIES
 from paystream_core.limits import MAX_AMOUNT_MINOR, forbidden_character
 from paystream_core.money import CURRENCY_EXPONENTS
-from paystream_storage.models import Country, Gateway, GatewayCountry, RoutingChange
+from paystream_core.routing import TenantConnection
+from paystream_storage.models import Connection, Country, Gateway, GatewayCountry, RoutingChange
 
 KINDS = ("deposit", "withdrawal")
 ACTOR_MAX = 200
@@ -140,6 +142,16 @@ async def list_routes(
     if kind is not None:
         query = query.where(GatewayCountry.transaction_type == kind)
     return [_view(route, gw) for route, gw in await session.execute(query)]
+
+
+async def tenant_connections(session: AsyncSession, tenant_id: uuid.UUID) -> list[TenantConnection]:
+    """The tenant's connections as a gateway worker reads them for routing (the payment
+    store's connections query): which gateways it may use, and their age, by which a
+    worker orders gateways of equal priority and weight."""
+    query = select(
+        Connection.gateway_code, Connection.id, Connection.enabled, Connection.created_at
+    ).where(Connection.tenant_id == tenant_id)
+    return [TenantConnection(*row) for row in await session.execute(query)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from paystream_config import RoutingSettings
     from paystream_core.ranking import Ranked
+    from paystream_core.routing import TenantConnection
     from paystream_storage.route_health import Health
     from paystream_storage.routes import Change, RouteView
 
@@ -276,9 +277,14 @@ def routes_history(
 @click.argument("kind", metavar="TYPE", type=KIND)
 @click.argument("currency", callback=_country)
 @click.option("--amount", help="Decimal amount (e.g. 100.00): only gateways that take it.")
+@click.option(
+    "--tenant",
+    help="As this tenant's payments are ranked (name or id): only gateways where it has an"
+    " enabled connection, equal weights in its order (oldest connection first).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def routes_explain(
-    country: str, kind: str, currency: str, amount: str | None, as_json: bool
+    country: str, kind: str, currency: str, amount: str | None, tenant: str | None, as_json: bool
 ) -> None:
     """The order a gateway worker ranks COUNTRY's TYPE in CURRENCY now, and why.
 
@@ -288,13 +294,18 @@ def routes_explain(
     PAYSTREAM_ROUTING_MIN_VOLUME attempts in PAYSTREAM_ROUTING_HEALTH_WINDOW_S) and the
     reason a worker records on the attempt. Equal priorities are listed heaviest first
     (a worker draws per payment, by weight). Workers read the stats every
-    PAYSTREAM_ROUTING_HEALTH_REFRESH_S, so they may lag this by that much; a tenant without
-    a connection at a gateway skips it.
+    PAYSTREAM_ROUTING_HEALTH_REFRESH_S, so they may lag this by that much.
+
+    A worker ranks one tenant's payment: it skips gateways where the tenant has no enabled
+    connection and, among equal priorities and weights, tries the tenant's oldest connection
+    first. Without --tenant, every gateway is listed and such ties are marked; with it, the
+    order is that tenant's.
     """
+    from paystream_cli.common import find_tenant
     from paystream_config import RoutingSettings
     from paystream_core.money import Money, MoneyError
     from paystream_storage.route_health import read_route_health
-    from paystream_storage.routes import list_routes
+    from paystream_storage.routes import RoutingError, list_routes, tenant_connections
 
     policy_settings = settings(RoutingSettings)
     amount_minor: int | None = None
@@ -304,13 +315,30 @@ def routes_explain(
         except MoneyError as exc:
             _refuse(f"--amount: {exc}")
 
-    async def action(session: AsyncSession) -> tuple[list[RouteView], Health]:
+    async def action(
+        session: AsyncSession,
+    ) -> tuple[list[RouteView], Health, list[TenantConnection] | None]:
+        connections = None
+        if tenant is not None:
+            found = await find_tenant(session, tenant)
+            if found is None:
+                raise RoutingError(f"no tenant {tenant!r}")
+            connections = await tenant_connections(session, found.id)
         views = await list_routes(session, country=country, kind=kind)
         health = await read_route_health(session, policy_settings.routing_health_window_s)
-        return views, health
+        return views, health, connections
 
-    views, health = _run(action)
-    explained = explain(views, health, policy_settings, currency, amount_minor)
+    views, health, connections = _run(action)
+    explained = explain(
+        views,
+        health,
+        policy_settings,
+        country=country,
+        kind=kind,
+        currency=currency,
+        amount_minor=amount_minor,
+        connections=connections,
+    )
     if as_json:
         click.echo(json.dumps(explained, indent=2))
         return
@@ -322,17 +350,30 @@ def routes_explain(
         click.echo(f"no gateway takes {country} {kind}s in {currency}: they are rejected")
     for entry in explained["skipped"]:
         click.echo(f"not used: {entry['gateway']} ({entry['why']})")
+    tied = [entry["gateway"] for entry in explained["order"] if entry["tied"]]
+    if tied:
+        click.echo(
+            f"tied ({', '.join(tied)}: same priority and weight): each tenant's worker tries"
+            " the one it has the oldest connection at first; --tenant shows one tenant's order"
+        )
 
 
 def explain(
     views: Sequence[RouteView],
     health: Health,
     policy_settings: RoutingSettings,
+    *,
+    country: str,
+    kind: str,
     currency: str,
     amount_minor: int | None,
+    connections: Sequence[TenantConnection] | None = None,
 ) -> dict[str, Any]:
-    """The ranking of `views` as a worker does it (`paystream_core.ranking`, no draw), as
-    JSON-ready data."""
+    """The ranking of `views` (COUNTRY's KIND routes) as a worker does it
+    (`paystream_core.routing.candidates`, then `paystream_core.ranking.rank` with no draw),
+    as JSON-ready data. `connections`: one tenant's, as the worker reads them (its order
+    exactly); None: every gateway as if the tenant had one connection there, all of the
+    same age, so entries whose order depends on the tenant are marked `tied`."""
     import uuid
     from datetime import datetime
 
@@ -360,10 +401,11 @@ def explain(
         )
         for v in views
     ]
-    # Every gateway as if the tenant had a connection there: the routes' view.
-    connections = [TenantConnection(v.gateway, uuid.UUID(int=0), True, datetime.min) for v in views]
-    country = views[0].country if views else ""
-    kind = views[0].kind if views else "deposit"
+    tenant = connections is not None
+    if connections is None:  # every gateway as if the tenant had a connection there
+        connections = [
+            TenantConnection(v.gateway, uuid.UUID(int=0), True, datetime.min) for v in views
+        ]
     eligible = candidates(
         routes,
         connections,
@@ -374,10 +416,17 @@ def explain(
     )
     stats = {g: s for (g, c, k), s in health.items() if (c, k) == (country, kind)}
     ranked = rank(eligible, stats, policy, None)
-    order = [_explained(position, r) for position, r in enumerate(ranked, start=1)]
+    # Without a tenant, peers of one priority, demotion and weight are in no order a
+    # worker would use: it tries the tenant's oldest connection first.
+    ties = [(r.demoted, r.candidate.priority, r.candidate.weight) for r in ranked]
+    order = [
+        _explained(position, r, tied=not tenant and ties.count(tie) > 1)
+        for position, (r, tie) in enumerate(zip(ranked, ties, strict=True), start=1)
+    ]
     used = {r.gateway for r in ranked}
+    usable = {c.gateway for c in connections if c.enabled}
     skipped = [
-        {"gateway": v.gateway, "why": _why_not(v, currency, amount_minor)}
+        {"gateway": v.gateway, "why": _why_not(v, currency, amount_minor, usable)}
         for v in views
         if v.gateway not in used
     ]
@@ -386,6 +435,7 @@ def explain(
         "type": kind,
         "currency": currency,
         "amount_minor": amount_minor,
+        "tenant_connections": tenant,
         "policy": {
             "success_floor": policy.success_floor,
             "window_s": policy.window_s,
@@ -396,7 +446,7 @@ def explain(
     }
 
 
-def _explained(position: int, r: Ranked) -> dict[str, Any]:
+def _explained(position: int, r: Ranked, *, tied: bool) -> dict[str, Any]:
     stats = r.stats
     return {
         "rank": position,
@@ -411,12 +461,15 @@ def _explained(position: int, r: Ranked) -> dict[str, Any]:
         "demoted": r.demoted,
         "decision": r.decision.value,
         "reason": r.reason,
+        "tied": tied,
     }
 
 
-def _why_not(view: RouteView, currency: str, amount_minor: int | None) -> str:
+def _why_not(view: RouteView, currency: str, amount_minor: int | None, usable: set[str]) -> str:
     if view.state != "enabled":
         return view.state
+    if view.gateway not in usable:
+        return "the tenant has no enabled connection there"
     if currency not in view.currencies:
         return f"does not take {currency}"
     return "amount out of its range" if amount_minor is not None else "not eligible"
