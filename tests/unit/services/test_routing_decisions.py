@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from paystream_core.ports import PaymentUnit
+from paystream_core.routing import Candidate
 from paystream_core.statuses import Status
 from paystream_gateway_worker.routing_state import RoutingState
 from paystream_gateways.protocol import Declined
@@ -142,6 +143,27 @@ async def test_only_a_draw_that_chose_is_consumed() -> None:
     assert first_attempt(env, await deposit(env))[1] == ("priority 1; weight 70 of 100 (draw 0.62)")
     assert metric(state, "paystream_routing_decisions_total", reason="weight") == 3
     assert metric(state, "paystream_routing_decisions_total", reason="priority") == 1
+
+
+async def test_a_decision_counts_once_its_attempt_is_stored() -> None:
+    env = weighted_env()
+    state = routed(env)
+    txn = env.store.transaction(await deposit(env))
+    peers = [
+        Candidate("gw_a", "a", uuid.uuid4(), 1, 70),
+        Candidate("gw_b", "b", uuid.uuid4(), 1, 30),
+    ]
+    counted = metric(state, "paystream_routing_decisions_total", reason="weight")
+    ranked = state.rank(txn, peers)
+    assert state.chose(txn, ranked, "gw_a", count=False) == (
+        "priority 1; weight 70 of 100 (draw 0.62)"
+    )
+    # Not yet: a racing worker may record this attempt first. The draw is consumed anyway
+    # (no await between rank and chose: no other plan ranked with it).
+    assert metric(state, "paystream_routing_decisions_total", reason="weight") == counted
+    assert state.rank(txn, peers)[0].reason == "priority 1; weight 70 of 100 (draw 0.24)"
+    state.recorded(ranked, "gw_a")
+    assert metric(state, "paystream_routing_decisions_total", reason="weight") == counted + 1
 
 
 class FailingStore:

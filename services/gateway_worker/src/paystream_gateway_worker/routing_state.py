@@ -9,7 +9,8 @@ health, the weighted draws, and the routing metrics (`paystream_core.ranking` de
 - Draws: one golden-ratio sequence per (country, type, currency) and process, advanced only
   when a draw chose the gateway of a new attempt, so the weights hold over short runs.
   Ranking and advancing happen with no await in between (`rank` then `chose`), so
-  concurrent plans in one process never reuse a draw.
+  concurrent plans in one process never reuse a draw. A decision is counted once its
+  attempt is stored (`recorded`).
 """
 
 from __future__ import annotations
@@ -132,15 +133,35 @@ class RoutingState:
             self._set_demoted((r.gateway, txn.country, kind), r.demoted)
         return ranked
 
-    def chose(self, txn: TransactionRecord, ranked: Sequence[Ranked], gateway: str) -> str:
-        """A new attempt goes to `gateway` (of `ranked`): count the decision, consume the
-        draw if it chose, and return the reason to record on the attempt."""
+    def chose(
+        self,
+        txn: TransactionRecord,
+        ranked: Sequence[Ranked],
+        gateway: str,
+        *,
+        count: bool = True,
+    ) -> str:
+        """A new attempt goes to `gateway` (of `ranked`): consume the draw if it chose, and
+        return the reason to record on the attempt. `count=False`: the caller counts the
+        decision with `recorded` once the attempt is stored (an attempt a racing worker
+        recorded first was no decision of ours).
+
+        The draw is consumed here, before the attempt is stored, on purpose: between `rank`
+        and `chose` there is no await, so concurrent plans in this process never rank with
+        the same draw. An attempt then lost to a racing worker skips one value of the
+        sequence, which moves the split by at most one payment."""
         [picked] = [r for r in ranked if r.gateway == gateway]
         if picked.drawn:
             key = (txn.country, txn.type.value, txn.currency)
             self._draws[key] = next_draw(self._draws.get(key, 0.0))
-        self.decisions.labels(picked.decision.value).inc()
+        if count:
+            self.recorded(ranked, gateway)
         return picked.reason
+
+    def recorded(self, ranked: Sequence[Ranked], gateway: str) -> None:
+        """The attempt `chose` gave `gateway` is stored: count its decision."""
+        [picked] = [r for r in ranked if r.gateway == gateway]
+        self.decisions.labels(picked.decision.value).inc()
 
     def _set_demoted(self, key: HealthKey, demoted: bool) -> None:
         if demoted and key not in self._demoted:
