@@ -27,8 +27,15 @@ COUNTRY = "GB"
 GATEWAY = DEPOSIT_ROUTES[COUNTRY][0]  # jsonpay, then stripe
 PROVIDER = "json"  # the sandbox provider behind it
 FAIL_MAX = 3
-# Long enough for a third worker to start and take deposits while the breaker is open.
-RESET_S = 25
+# The open period must hold a third worker's start (process, health view, a 3-member
+# rebalance) and its refusals with room to spare on a slow 2-core machine: 25 s was overrun
+# there. The third worker starts as soon as the breaker opens, in parallel with the other
+# deposits made while open, so only the remainder of the period is waited out.
+RESET_S = 40
+# A claim's round trip through the topic may take over the default 2 s on a loaded machine:
+# the probe would then be granted after its call gave up (counted "timeout", then "granted"
+# when taken up). Long enough that the one probe is granted while its call waits.
+CLAIM_WAIT_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         PAYSTREAM_WORKER_WEB_PORT=str(free_port()),
         PAYSTREAM_BREAKER_FAIL_MAX=str(FAIL_MAX),
         PAYSTREAM_BREAKER_RESET_TIMEOUT_S=str(RESET_S),
+        PAYSTREAM_BREAKER_CLAIM_WAIT_S=str(CLAIM_WAIT_S),
     ) as running:
         yield running
 
@@ -108,18 +116,22 @@ def test_one_worker_opens_the_breaker_for_all_and_one_probe_closes_it(
         assert shared["failures"] >= FAIL_MAX
         open_until = float(shared["open_until"])
 
-        # While open, neither worker calls it (both take deposits: see the metrics below).
-        for n in range(6):
-            _deposit_succeeds(stack, f"open-{n}")
-        assert _calls(stack) - before == opened_calls
-
-        # A worker started now reads the open breaker before it takes commands.
-        with extra_gateway_worker(stack, tmp_path) as third:
+        # A worker started now reads the open breaker before it takes commands. While it
+        # starts, neither first worker calls the gateway (both take deposits: see the
+        # attempts metric below).
+        with extra_gateway_worker(stack, tmp_path) as third, ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda n: _deposit_succeeds(stack, f"open-{n}"), range(4)))
+            assert _calls(stack) - before == opened_calls
             third.wait_assigned()
             trio = [dev, second, third]
             third_view = _breaker(third)
             assert third_view is not None
             assert third_view["state"] == "open"
+            for worker in trio:
+                status = worker.health()
+                assert status is not None
+                assert status["breaker_view"]["caught_up"] is True, status
+                assert status["breaker_view"]["reader_errors"] == 0, status
 
             def third_refused() -> bool:
                 _deposit_succeeds(stack, f"third-{uuid.uuid4().hex[:8]}")
@@ -136,8 +148,8 @@ def test_one_worker_opens_the_breaker_for_all_and_one_probe_closes_it(
             # worker, one probe (one lease granted in all), and the breaker closes for all.
             wait_for(lambda: time.time() > open_until, timeout=RESET_S + 5, what="open period")
             stack.faults(PROVIDER)
-            with ThreadPoolExecutor(12) as pool:
-                list(pool.map(lambda n: _deposit_succeeds(stack, f"probe-{n}"), range(12)))
+            with ThreadPoolExecutor(12) as probing:
+                list(probing.map(lambda n: _deposit_succeeds(stack, f"probe-{n}"), range(12)))
             shared = wait_for(lambda: _agreed(trio), timeout=10, what="views agreeing")
             assert shared["state"] == "closed", shared
             probes = {
@@ -159,6 +171,8 @@ def test_one_worker_opens_the_breaker_for_all_and_one_probe_closes_it(
                 assert attempts > 0
             _deposit_succeeds(stack, "after")
             assert _calls(stack) > before + opened_calls, "closed: the gateway is called again"
+            for worker in (third, second):  # stopped together, not one after the other
+                worker.process.terminate()
     print(
         f"\nshared breakers: opened after {opened_calls} calls (fail_max {FAIL_MAX}, 2 workers);"
         f" third worker done {margin:.1f} s before the open period ended"
