@@ -41,6 +41,7 @@ from paystream_core.attempts import (
 )
 from paystream_core.outcomes import AmbiguousCall, CallResult, NotExecutedCall
 from paystream_core.ports import AnomalyRecord, PaymentUnit
+from paystream_core.ranking import Ranked
 from paystream_core.records import AttemptRecord, TransactionRecord
 from paystream_core.routing import Candidate, candidates
 from paystream_core.statuses import OPEN_ATTEMPT, AttemptStatus, Status, TransactionType
@@ -143,7 +144,7 @@ async def plan_attempts(
         unread = [t.id for t in todo if t.id not in known_attempts]
         attempts = {**known_attempts, **(await unit.attempts(unread) if unread else {})}
         known_attempts = {}  # a second round reads what a racing worker recorded
-        new: list[tuple[TransactionRecord, AttemptRecord]] = []
+        new: list[tuple[TransactionRecord, AttemptRecord, list[Ranked]]] = []
         for txn in todo:
             eligible = await candidates_for(unit, txn)
             # From here to `chose`, no await: the draw ranked with is the one consumed.
@@ -165,7 +166,9 @@ async def plan_attempts(
                         )
                     )
                 case NewAttempt(seq=seq, candidate=candidate, idempotency_key=key):
-                    reason = deps.routing.chose(txn, ranked, candidate.gateway)
+                    # Counted once stored: an attempt a racing worker recorded first was
+                    # no decision of ours.
+                    reason = deps.routing.chose(txn, ranked, candidate.gateway, count=False)
                     record = AttemptRecord(
                         id=uuid.uuid4(),
                         tenant_id=txn.tenant_id,
@@ -177,7 +180,7 @@ async def plan_attempts(
                         status=AttemptStatus.STARTED,
                         route_reason=reason,
                     )
-                    new.append((txn, record))
+                    new.append((txn, record, ranked))
                 case Exhausted(code=code, message=message):
                     move = transition(
                         txn, Status.FAILED, at=datetime.now(UTC), failure=(code, message)
@@ -187,11 +190,12 @@ async def plan_attempts(
                     deps.metrics.commands.labels("failed_all_gateways").inc()
                 case Blocked(reason=reason):
                     log.error("transaction %s cannot go on: %s", txn.id, reason)
-        contested = any(txn.id not in fresh for txn, _ in new)
-        inserted = await unit.add_attempts([record for _, record in new], contested=contested)
+        contested = any(txn.id not in fresh for txn, _, _ in new)
+        inserted = await unit.add_attempts([record for _, record, _ in new], contested=contested)
         todo = []
-        for txn, record in new:
+        for txn, record, ranked in new:
             if record.id in inserted:
+                deps.routing.recorded(ranked, record.gateway_code)
                 plans.append(
                     _plan_of(deps, txn, record.seq, record.gateway_code, record.connection_id)
                 )
