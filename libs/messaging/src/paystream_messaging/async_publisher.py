@@ -74,10 +74,18 @@ class AsyncPublisher:
                 old.poll(0)
             return self._producer
 
-    async def publish(self, topic: str, record: KafkaRecord, *, deadline_s: float) -> None:
+    async def publish(
+        self,
+        topic: str,
+        record: KafkaRecord,
+        *,
+        deadline_s: float,
+        partition: int | None = None,
+    ) -> None:
         """Return once Kafka acknowledged `record`; raise PublishFailed otherwise.
 
         `deadline_s` is a safety net above delivery.timeout.ms: librdkafka reports first.
+        `partition`: this one instead of the partitioner's choice (a one-partition log).
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -94,6 +102,7 @@ class AsyncPublisher:
                 key=record.key,
                 headers=list[tuple[str, str | bytes | None]](record.headers),
                 on_delivery=on_delivery,
+                partition=-1 if partition is None else partition,  # -1: the partitioner's
             )
         except BufferError as exc:
             raise PublishFailed("local producer queue is full", maybe_persisted=False) from exc

@@ -320,9 +320,10 @@ class HealthTopic:
     async def _deliver(self, record: HealthRecord) -> None:
         kafka_record = KafkaRecord(record.gateway.encode(), encode(record), HEADERS)
         try:
-            # The topic has one partition (checked at start), so the default partitioner
-            # puts every record on PARTITION.
-            await self._publisher.publish(self._topic, kafka_record, deadline_s=self._deadline_s)
+            # The view reads PARTITION only (the layout is checked at start).
+            await self._publisher.publish(
+                self._topic, kafka_record, deadline_s=self._deadline_s, partition=PARTITION
+            )
         except PublishFailed as exc:
             log.warning("gateway health %s %s not published: %s", record.gateway, record.event, exc)
             if self._on_publish_error is not None:
