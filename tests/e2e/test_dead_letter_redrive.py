@@ -3,8 +3,13 @@
 A deposit command produced straight to Kafka for a tenant that does not exist yet is
 dead-lettered `unknown_tenant`; once the tenant exists with its connections, redriving it
 makes it succeed, and the same dead letter is not redriven twice by accident. A poison
-record redriven goes back to the dead letters with count 2 and stays there. About 40 s,
-most of it starting the stack."""
+record redriven goes back to the dead letters with count 2 and stays there. Under a
+minute, most of it `paystream dead-letters` processes starting.
+
+On the shared stack (tests/e2e/conftest.py): other modules' dead letters are in the topic
+too, so each test finds its own by their record key (an account of its own); the tenant it
+creates is one more tenant beside the demo one. The commands topic, which it counts around
+a redrive, gets records only when a test sends them, and modules run one at a time."""
 
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,16 +35,15 @@ from paystream_messaging.dead_letters import DeadLetter, read_all, reader_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.models import Tenant
-from tests.e2e.stack import TERMINAL, Stack, running_stack
+from tests.e2e.stack import TERMINAL, Stack
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    return shared_stack
 
 
 def paystream(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,18 +4,20 @@ outcome, then the signed `transfer.created` webhook through the callback path.
 
 The demo routing sends GB withdrawals to Stripe first and JSONPay second
 (paystream_cli.demo_seed.WITHDRAWAL_ROUTES), so no routing change is needed here.
+
+On the shared stack (tests/e2e/conftest.py): every account is a fresh one, and the
+provider calls and outcome events looked at are the transaction's own.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from paystream_cli.demo_seed import WITHDRAWAL_ROUTES
-from tests.e2e.stack import Stack, running_stack
+from tests.e2e.stack import Stack
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -31,10 +33,9 @@ TERMINAL_EVENTS = (
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(shared_stack: Stack) -> Stack:
     assert WITHDRAWAL_ROUTES["GB"][:2] == ["stripe", "jsonpay"], "the tests assume this route"
-    with running_stack(tmp_path_factory.mktemp("stripe-payout")) as running:
-        yield running
+    return shared_stack
 
 
 def _funded(stack: Stack, amount: str = "100.00") -> str:
