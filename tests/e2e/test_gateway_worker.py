@@ -1,25 +1,26 @@
-"""The gateway worker in the whole stack: ingest -> Kafka -> worker -> sandbox -> outcomes."""
+"""The gateway worker in the whole stack: ingest -> Kafka -> worker -> sandbox -> outcomes.
+
+On the shared stack (tests/e2e/conftest.py), which hands every module the demo routes,
+the sandbox without faults and every breaker closed with no failure counted, and settles
+the jsonpay breaker this module trips or leaves failures on. Provider calls are counted
+while nothing but this module sends payments; dead letters are found by their key."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from paystream_cli.demo_seed import DEPOSIT_ROUTES
-from tests.e2e.stack import Stack, running_stack
-from tests.support.asgi_server import free_port
+from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    port = str(free_port())
-    with running_stack(tmp_path_factory.mktemp("stack"), PAYSTREAM_WORKER_WEB_PORT=port) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    return shared_stack  # with PAYSTREAM_WORKER_WEB_PORT set: /healthz and /metrics
 
 
 def test_every_demo_country_succeeds_through_its_priority_one_gateway(stack: Stack) -> None:

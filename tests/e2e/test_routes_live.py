@@ -1,6 +1,10 @@
 """`paystream routes` against a running `paystream dev` stack: the next deposit follows the
 change in the worker that is already running (same process, no restart), a disabled last
-route rejects, enabling brings it back, and the history says who and when."""
+route rejects, enabling brings it back, and the history says who and when.
+
+On the shared stack (tests/e2e/conftest.py): the routes it changes are put back as they
+were when it ends (other modules route by the demo routes), and the history it reads is
+of the changes made since each test began."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.stack import Stack, running_stack
+from tests.e2e.conftest import route_table
+from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -23,9 +28,37 @@ WORKER = "worker gateway"  # the gateway worker's command line in `paystream dev
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
+def stack(shared_stack: Stack) -> Iterator[Stack]:
+    before = route_table(shared_stack)
+    yield shared_stack
+    restore_routes(shared_stack, before)
+
+
+def restore_routes(stack: Stack, table: list[tuple[Any, ...]]) -> None:
+    """The routes of `table` (see route_table) back, with the operator's commands: each
+    country and type that differs is set again (its levels, weights), then switched."""
+    wanted: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for row in table:
+        wanted.setdefault((row[0], row[1]), []).append(row)
+    now = route_table(stack)
+    for (country, kind), rows in wanted.items():
+        if [r for r in now if (r[0], r[1]) == (country, kind)] == rows:
+            continue
+        levels: dict[int, list[str]] = {}
+        for _, _, gateway, priority, _, weight in rows:
+            levels.setdefault(priority, []).append(f"{gateway}:{weight}")
+        args = [",".join(levels[p]) for p in sorted(levels)]
+        routes(stack, "set", country, kind, *args, "--actor", "e2e-restore")
+        # `set` keeps a gateway's switch, and a gateway it adds starts enabled.
+        switched = {r[2]: r[4] for r in route_table(stack) if (r[0], r[1]) == (country, kind)}
+        for _, _, gateway, _, enabled, _ in rows:
+            if switched[gateway] != enabled:
+                routes(stack, "enable" if enabled else "disable", country, kind, gateway)
+
+
+def since(changes: list[dict[str, Any]], started: datetime) -> list[dict[str, Any]]:
+    """The changes made at or after `started` (the stack may have routed before)."""
+    return [c for c in changes if datetime.fromisoformat(c["changed_at"]) >= started]
 
 
 def routes(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -66,7 +99,7 @@ def test_set_moves_the_next_deposit_in_the_running_worker(stack: Stack) -> None:
     assert [a["gateway"] for a in after["attempts"]] == ["jsonpay"], after["attempts"]
     assert after["gateway"] == "jsonpay"
     assert stack.service_pid(WORKER) == worker, "the same worker process, not a restarted one"
-    [change] = history(stack, "--country", "DE")
+    [change] = since(history(stack, "--country", "DE"), started)
     assert change["actor"] == "e2e-alice"
     assert change["action"] == "set"
     assert started <= datetime.fromisoformat(change["changed_at"]) <= datetime.now(UTC)
@@ -76,6 +109,7 @@ def test_set_moves_the_next_deposit_in_the_running_worker(stack: Stack) -> None:
 
 def test_disabling_the_only_route_rejects_and_enabling_brings_it_back(stack: Stack) -> None:
     worker = stack.service_pid(WORKER)
+    started = datetime.now(UTC)
     routes(stack, "set", "NG", "deposit", "soapbank")  # demo: soapbank, jsonpay
 
     routes(stack, "disable", "NG", "deposit", "soapbank")
@@ -90,7 +124,8 @@ def test_disabling_the_only_route_rejects_and_enabling_brings_it_back(stack: Sta
     assert [a["gateway"] for a in served["attempts"]] == ["soapbank"]
     assert stack.service_pid(WORKER) == worker
     # Newest first; without --actor the OS user is recorded.
-    assert [(c["action"], c["gateway"], c["actor"]) for c in history(stack, "--country", "NG")] == [
+    changes = since(history(stack, "--country", "NG"), started)
+    assert [(c["action"], c["gateway"], c["actor"]) for c in changes] == [
         ("enable", "soapbank", getpass.getuser()),
         ("disable", "soapbank", getpass.getuser()),
         ("set", None, getpass.getuser()),
