@@ -8,8 +8,10 @@ reused with another body. Each account's commands must apply in offset order whi
 accounts are taken in together; `tests/support/account_order.py` says what "apply" means
 and which stored values witness the order.
 
-One run of the stack serves every test here: about 40 s in all, 10-25 of them starting the
-stack.
+One run of the commands serves every test here: under a minute in all, on the shared stack
+(tests/e2e/conftest.py). Its accounts are its own (a run id in their names), and so are
+the dead letters it reads (by the commands' partition and offset); the database
+instrumentation it needs (a column, a trigger on its own keys) is removed at the end.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from paystream_keyring import KeyRing
 from paystream_keyring.dev_files import DEV_KEYRING_FILE, read_keyring_file
-from tests.e2e.stack import running_stack
+from tests.e2e.stack import Stack
 from tests.support.account_order import (
     DEAD_REASONS,
     FUNDS_MINOR,
@@ -36,7 +40,7 @@ from tests.support.account_order import (
     expected_holds,
     run,
 )
-from tests.support.asgi_server import free_port
+from tests.support.databases import libpq
 
 pytestmark = pytest.mark.e2e
 
@@ -44,18 +48,35 @@ ACCOUNTS, COMMANDS = 50, 20
 
 
 @pytest.fixture(scope="module")
-def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
-    port = str(free_port())  # the worker's health server: its in-flight gauge
-    with running_stack(tmp_path_factory.mktemp("order"), PAYSTREAM_WORKER_WEB_PORT=port) as stack:
-        target = Target(
-            database_url=stack.env["PAYSTREAM_DATABASE_URL"],
-            bootstrap=stack.env["PAYSTREAM_KAFKA_BOOTSTRAP"],
-            topic_prefix=stack.env["PAYSTREAM_TOPIC_PREFIX"],
-            tenant=uuid.UUID(stack.env["PAYSTREAM_DEMO_TENANT_ID"]),
-            ring=KeyRing.from_settings(read_keyring_file(stack.home / DEV_KEYRING_FILE)),
-            worker_metrics_url=f"http://127.0.0.1:{port}/metrics",
-        )
+def observed(shared_stack: Stack) -> Iterator[Observed]:
+    stack = shared_stack
+    # The worker's health server: its in-flight gauge.
+    port = stack.env_port("PAYSTREAM_WORKER_WEB_PORT")
+    target = Target(
+        database_url=stack.env["PAYSTREAM_DATABASE_URL"],
+        bootstrap=stack.env["PAYSTREAM_KAFKA_BOOTSTRAP"],
+        topic_prefix=stack.env["PAYSTREAM_TOPIC_PREFIX"],
+        tenant=uuid.UUID(stack.env["PAYSTREAM_DEMO_TENANT_ID"]),
+        ring=KeyRing.from_settings(read_keyring_file(stack.home / DEV_KEYRING_FILE)),
+        worker_metrics_url=f"http://127.0.0.1:{port}/metrics",
+    )
+    try:
         yield run(target, accounts=ACCOUNTS, commands=COMMANDS, seed=13)
+    finally:
+        uninstrument(target.database_url)
+
+
+def uninstrument(database_url: str) -> None:
+    """The database as other modules expect it: without the trigger, its function, the
+    per-key sequences and the column `account_order.instrument` added (if it got that far)."""
+    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS account_order_faults ON transactions")
+        conn.execute("DROP FUNCTION IF EXISTS account_order_faults()")
+        for (name,) in conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'S' AND relname LIKE 'flaky-%'"
+        ).fetchall():
+            conn.execute(sql.SQL("DROP SEQUENCE {}").format(sql.Identifier(name)))
+        conn.execute("ALTER TABLE transactions DROP COLUMN IF EXISTS stored_seq")
 
 
 def test_the_commands_interleave_accounts_on_every_partition(observed: Observed) -> None:
