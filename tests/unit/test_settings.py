@@ -52,3 +52,13 @@ def test_consumer_groups_keep_their_names() -> None:
     base = Path(__file__).parents[2] / "deploy" / "k8s" / "base"
     assert f"consumerGroup: {gateway}" in (base / "gateway-worker.yaml").read_text()
     assert f"consumerGroup: {callback}" in (base / "callback-worker.yaml").read_text()
+
+
+def test_the_hot_pool_reconnects_within_seconds_of_an_outage() -> None:
+    """psycopg_pool's reconnection delay doubles until reconnect_timeout: bounded, so a
+    connection attempt is never a minute away once PostgreSQL is back."""
+    from paystream_config import DatabaseSettings
+    from paystream_storage.pool import RECONNECT_TIMEOUT_S, HotPool
+
+    pool = HotPool(DatabaseSettings(database_url="postgresql://x@127.0.0.1:1/x"))
+    assert pool._pool.reconnect_timeout == RECONNECT_TIMEOUT_S <= 15

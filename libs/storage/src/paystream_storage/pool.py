@@ -20,6 +20,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from paystream_config import DatabaseSettings
 
+RECONNECT_TIMEOUT_S = 10.0
+
 
 class HotPool:
     def __init__(self, settings: DatabaseSettings, *, max_size: int | None = None) -> None:
@@ -30,6 +32,12 @@ class HotPool:
             open=False,
             name="paystream-hot-path",
             timeout=settings.database_pool_timeout_s,
+            # psycopg_pool doubles its reconnection delay without a cap until this timeout
+            # (5 min by default): after a 60 s outage the next attempt could be a minute
+            # away, every request meanwhile a 503 (seen in tests/e2e/test_database_outage).
+            # Giving up after RECONNECT_TIMEOUT_S lets the next request start a fresh
+            # attempt, so a connection is at most a few seconds away once PostgreSQL is back.
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
             # A lone statement commits by itself (the ingest API's reservation: one round
             # trip); units open their transactions explicitly.
             kwargs={"autocommit": True},
