@@ -20,17 +20,16 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from paystream_cli.commands import gateways as gateways_command
-from paystream_cli.demo_seed import seed_routing
 from paystream_cli.main import cli
-from paystream_config import DatabaseSettings, KafkaSettings
+from paystream_config import KafkaSettings
 from paystream_messaging import topics
 from paystream_messaging.async_publisher import AsyncPublisher
 from paystream_messaging.gateway_health import decode
 from paystream_messaging.gateway_health_topic import HealthTopic, TopicLayoutError, read_view
 from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.topics import ensure_topics
-from paystream_storage.db import create_engine, sessionmaker
 from tests.support.asgi_server import free_port
+from tests.support.routing import seed_demo_routing
 
 pytestmark = pytest.mark.integration
 
@@ -56,15 +55,6 @@ async def view(kafka: KafkaSettings, name: str) -> AsyncIterator[HealthTopic]:
     finally:
         health.close()
         publisher.close()
-
-
-async def _seed_routing(database_url: str) -> None:
-    engine = create_engine(DatabaseSettings(database_url=database_url))
-    try:
-        async with sessionmaker(engine)() as session, session.begin():
-            await seed_routing(session)
-    finally:
-        await engine.dispose()
 
 
 async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
@@ -127,7 +117,7 @@ async def test_a_new_view_reads_everything_before_it_is_ready(kafka: KafkaSettin
 
 
 def test_operator_commands_show_in_the_view(kafka: KafkaSettings, database_url: str) -> None:
-    asyncio.run(_seed_routing(database_url))
+    asyncio.run(seed_demo_routing(database_url))
     env = {
         "PAYSTREAM_DATABASE_URL": database_url,
         "PAYSTREAM_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap,
@@ -183,7 +173,7 @@ def test_the_operator_commands_give_up_on_a_broker_that_is_away(
     """Nothing listens on the port: the commands end (exit 1) instead of waiting forever,
     and `health` without a broker configured is a settings error."""
     monkeypatch.setattr(gateways_command, "HEALTH_TIMEOUT_S", 2.0)
-    asyncio.run(_seed_routing(database_url))
+    asyncio.run(seed_demo_routing(database_url))
     away = {
         "PAYSTREAM_DATABASE_URL": database_url,
         "PAYSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",

@@ -15,32 +15,22 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from paystream_cli.demo_seed import seed_routing
 from paystream_cli.main import cli
 from paystream_config import DatabaseSettings
 from paystream_core.statuses import TransactionType
 from paystream_messaging.schemas import SchemaRegistry
-from paystream_storage.db import create_engine, sessionmaker
 from paystream_storage.payments import PgPaymentStore
 from paystream_storage.pool import HotPool
 from tests.support.databases import libpq
+from tests.support.routing import seed_demo_routing
 
 pytestmark = pytest.mark.integration
-
-
-async def _seed(database_url: str) -> None:
-    engine = create_engine(DatabaseSettings(database_url=database_url))
-    try:
-        async with sessionmaker(engine)() as session, session.begin():
-            await seed_routing(session)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture
 def env(database_url: str) -> dict[str, str]:
     """The demo routing (DE deposits: stripe, jsonpay, soapbank), and who the OS user is."""
-    asyncio.run(_seed(database_url))
+    asyncio.run(seed_demo_routing(database_url))
     return {"PAYSTREAM_DATABASE_URL": database_url, "LOGNAME": "oncall", "USER": "oncall"}
 
 
@@ -367,7 +357,7 @@ def test_the_demo_seed_keeps_what_operators_changed(env: dict[str, str]) -> None
     assert routes(env, "disable", "FR", "deposit", "stripe").exit_code == 0
     assert routes(env, "limits", "jsonpay", "--currencies", "EUR").exit_code == 0
 
-    asyncio.run(_seed(env["PAYSTREAM_DATABASE_URL"]))  # `paystream dev` starting again
+    asyncio.run(seed_demo_routing(env["PAYSTREAM_DATABASE_URL"]))  # `paystream dev` starting again
 
     assert table(env, "DE", "deposit") == [("soapbank", 1, True)]
     assert table(env, "FR", "deposit") == [("stripe", 1, False), ("soapbank", 2, True)]
