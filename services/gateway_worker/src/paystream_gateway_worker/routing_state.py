@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from paystream_config import RoutingSettings
 from paystream_core.ports import PaymentStore
 from paystream_core.ranking import HealthPolicy, Ranked, WindowStats, next_draw, rank
 from paystream_core.records import TransactionRecord
@@ -35,17 +36,22 @@ log = logging.getLogger(__name__)
 HealthKey = tuple[str, str, str]
 
 
+def health_policy(settings: RoutingSettings) -> HealthPolicy:
+    """The demotion rule's parameters, as workers and `paystream routes explain` use them."""
+    return HealthPolicy(
+        success_floor=settings.routing_success_floor,
+        window_s=settings.routing_health_window_s,
+        min_volume=settings.routing_min_volume,
+    )
+
+
 class RoutingState:
     """Per-process routing memory, built with the worker's deps."""
 
     def __init__(self, settings: GatewayWorkerSettings, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.registry = registry
-        self.policy = HealthPolicy(
-            success_floor=settings.routing_success_floor,
-            window_s=settings.routing_health_window_s,
-            min_volume=settings.routing_min_volume,
-        )
+        self.policy = health_policy(settings)
         # (country, type) -> gateway -> stats: one lookup per routing decision.
         self._health: dict[tuple[str, str], dict[str, WindowStats]] = {}
         self._read_at: float | None = None  # monotonic time of the last read started

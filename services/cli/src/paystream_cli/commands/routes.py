@@ -377,15 +377,12 @@ def explain(
     import uuid
     from datetime import datetime
 
-    from paystream_core.ranking import HealthPolicy, rank
+    from paystream_core.ranking import rank
     from paystream_core.routing import Route, TenantConnection, candidates
     from paystream_core.statuses import TransactionType
+    from paystream_gateway_worker.routing_state import health_policy
 
-    policy = HealthPolicy(
-        success_floor=policy_settings.routing_success_floor,
-        window_s=policy_settings.routing_health_window_s,
-        min_volume=policy_settings.routing_min_volume,
-    )
+    policy = health_policy(policy_settings)
     routes = [
         Route(
             gateway=v.gateway,
