@@ -2,11 +2,11 @@
 
 A unit is one database transaction on a pooled connection, as the non-owner app role with
 the tenant set LOCAL to it (row-level security holds on every statement). Statements take
-whole batches as arrays (`unnest`), so a batch of commands costs a handful of statements
-instead of a few per command; their text never varies, so psycopg prepares them once.
+whole batches as one JSON row set each (`statements.rowset`), so a batch of commands costs
+a handful of statements instead of a few per command.
 
-The unit runs in psycopg's pipeline mode: a statement whose result is not needed yet is
-only queued, and goes to the server with the next one that must be read. Writes whose
+Statements are queued (`statements.StatementQueue`): one whose result is not needed yet
+goes to the server, as one simple query, with the next one that must be read. Writes whose
 row counts prove the unit held its locks are checked just before the commit (`verify`).
 So a unit costs a few network round trips, whatever its number of statements.
 Plain psycopg, not the ORM: this is the hot path, and nothing here needs an object graph.
@@ -20,9 +20,6 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
-
-import psycopg
-from psycopg.types.json import Jsonb
 
 from paystream_core.ids import PAYSTREAM_NAMESPACE
 from paystream_core.ledger import balance_deltas, legs
@@ -51,6 +48,7 @@ from paystream_storage.db import APP_ROLE
 from paystream_storage.outbox import shard_for
 from paystream_storage.pool import HotPool
 from paystream_storage.route_health import ROUTE_HEALTH_SQL, Health, health_of
+from paystream_storage.statements import Json, Result, Rows, StatementQueue, rowset
 from paystream_telemetry.carry import traceparent_for
 
 
@@ -86,18 +84,39 @@ _PARKED_COLUMNS = (
     " reference, body, body_encoding, received_at, tries, next_try_at, resolved_at, resolution"
 )
 
-_ADD_ACCOUNTS = """
+# Row sets too wide to read inline.
+_TRANSACTION_ROWS = rowset(
+    "uuid",
+    "uuid",
+    "text",
+    "text",
+    "text",
+    "int",
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "jsonb",
+    "bytea",
+    "text",
+    "text",
+)
+_OUTBOX_ROWS = rowset(
+    "text", "text", "smallint", "uuid", "text", "text", "timestamptz", "jsonb", "text"
+)
+_PARKED_ROWS = rowset("uuid", "text", "text", "text", "text", "text", "text", "timestamptz")
+_ADD_ACCOUNTS = f"""
 INSERT INTO accounts (tenant_id, id, country)
-SELECT %s, a, c FROM unnest(%s::text[], %s::text[]) AS v(a, c)
+SELECT %s, a, c FROM {rowset("text", "text")} AS v(a, c)
 ON CONFLICT DO NOTHING
 """
-_ADD_TRANSACTIONS = """
+_ADD_TRANSACTIONS = f"""
 INSERT INTO transactions (id, tenant_id, account_id, type, status, version, amount_minor,
   currency, country, idempotency_key, payload_hash, payment_method, metadata,
   destination_ciphertext, destination_key_id, destination_masked)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::int[],
-  %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[],
-  %s::bytea[], %s::text[], %s::text[])
+SELECT * FROM {_TRANSACTION_ROWS} AS v
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -112,17 +131,17 @@ FROM gateway_countries gc JOIN gateways g ON g.code = gc.gateway_code
 WHERE gc.country = %s AND gc.transaction_type = %s
 """
 _CONNECTIONS = "SELECT gateway_code, id, enabled, created_at FROM connections WHERE tenant_id = %s"
-_ENSURE_BALANCES = """
+_ENSURE_BALANCES = f"""
 INSERT INTO balances (tenant_id, account_id, currency)
-SELECT %s, a, c FROM unnest(%s::text[], %s::text[]) AS v(a, c)
+SELECT %s, a, c FROM {rowset("text", "text")} AS v(a, c)
 ON CONFLICT DO NOTHING
 """
 # Credits (never refused): the first one creates the balance row, so one statement does
 # both. Only for deltas that are not negative: PostgreSQL checks the balances' CHECK
 # constraints on the row it would insert before it looks for a conflict.
-_UPSERT_POSTINGS = """
+_UPSERT_POSTINGS = f"""
 INSERT INTO balances AS b (tenant_id, account_id, currency, available_minor, held_minor)
-SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
+SELECT %s, * FROM {rowset("text", "text", "bigint", "bigint")} AS v
 ON CONFLICT (tenant_id, account_id, currency) DO UPDATE
 SET available_minor = b.available_minor + excluded.available_minor,
   held_minor = b.held_minor + excluded.held_minor, updated_at = now()
@@ -131,34 +150,32 @@ WHERE b.available_minor + excluded.available_minor >= 0
 RETURNING b.account_id, b.currency
 """
 # One row per (account, currency) in each call: a row can be updated once per statement.
-_POST = """
+_POST = f"""
 UPDATE balances b SET available_minor = b.available_minor + v.da,
   held_minor = b.held_minor + v.dh, updated_at = now()
-FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS v(a, c, da, dh)
+FROM {rowset("text", "text", "bigint", "bigint")} AS v(a, c, da, dh)
 WHERE b.tenant_id = %s AND b.account_id = v.a AND b.currency = v.c
   AND b.available_minor + v.da >= 0 AND b.held_minor + v.dh >= 0
 RETURNING v.a, v.c
 """
-_ADD_LEDGER = """
+_ADD_LEDGER = f"""
 INSERT INTO ledger_entries (tenant_id, transaction_id, account_id, bucket, currency, amount_minor)
-SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bigint[])
+SELECT %s, * FROM {rowset("uuid", "text", "text", "text", "bigint")} AS v
 """
-_UPDATE_TRANSACTIONS = """
+_UPDATE_TRANSACTIONS = f"""
 UPDATE transactions t SET status = v.status, version = v.version, updated_at = v.updated_at,
   gateway_code = v.gateway_code, provider_reference = v.provider_reference,
   failure_code = v.failure_code, failure_message = v.failure_message
-FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::timestamptz[], %s::text[], %s::text[],
-  %s::text[], %s::text[])
+FROM {rowset("uuid", "text", "int", "timestamptz", "text", "text", "text", "text")}
   AS v(id, status, version, updated_at, gateway_code, provider_reference, failure_code,
        failure_message)
 WHERE t.id = v.id AND t.version = v.version - 1
 RETURNING t.id
 """
-_ADD_OUTBOX = """
+_ADD_OUTBOX = f"""
 INSERT INTO outbox (tenant_id, topic, key, shard, event_id, event_type, source, occurred_at,
   data, traceparent)
-SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::smallint[], %s::uuid[], %s::text[],
-  %s::text[], %s::timestamptz[], %s::jsonb[], %s::text[])
+SELECT %s, * FROM {_OUTBOX_ROWS} AS v
 """
 _ATTEMPTS = f"""
 SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE transaction_id = ANY(%s::uuid[])
@@ -167,24 +184,22 @@ ORDER BY transaction_id, seq
 # With the transaction's country and type, so the health window reads attempts alone
 # (migration 0014). LEFT JOIN: an attempt of a transaction this unit cannot see still
 # meets its foreign key, as before, instead of vanishing.
-_ADD_ATTEMPTS = """
+_ADD_ATTEMPTS = f"""
 INSERT INTO attempts (id, tenant_id, transaction_id, seq, gateway_code, connection_id,
   idempotency_key, status, route_reason, country, transaction_type)
 SELECT v.*, t.country, t.type
-FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::text[], %s::uuid[],
-  %s::text[], %s::text[], %s::text[])
+FROM {rowset("uuid", "uuid", "uuid", "int", "text", "uuid", "text", "text", "text")}
   AS v(id, tenant_id, transaction_id, seq, gateway_code, connection_id, idempotency_key,
        status, route_reason)
 LEFT JOIN transactions t ON t.id = v.transaction_id
 ON CONFLICT DO NOTHING
 RETURNING id
 """
-_SAVE_ATTEMPTS = """
+_SAVE_ATTEMPTS = f"""
 UPDATE attempts a SET status = v.status, provider_reference = v.provider_reference,
   error_class = v.error_class, error_code = v.error_code, error_message = v.error_message,
   finished_at = v.finished_at
-FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-  %s::timestamptz[])
+FROM {rowset("uuid", "text", "text", "text", "text", "text", "timestamptz")}
   AS v(id, status, provider_reference, error_class, error_code, error_message, finished_at)
 WHERE a.id = v.id
 """
@@ -202,23 +217,21 @@ SELECT {_ATTEMPT_COLUMNS} FROM attempts
 WHERE connection_id = ANY(%s::uuid[])
   AND (idempotency_key = ANY(%s::text[]) OR provider_reference = ANY(%s::text[]))
 """
-_FIRST_SEEN = """
+_FIRST_SEEN = f"""
 INSERT INTO inbox (consumer, message_id, tenant_id)
-SELECT %s, m, %s FROM unnest(%s::text[]) AS v(m)
+SELECT %s, m, %s FROM {rowset("text")} AS v(m)
 ON CONFLICT DO NOTHING
 RETURNING message_id
 """
-_ADD_ANOMALIES = """
+_ADD_ANOMALIES = f"""
 INSERT INTO anomalies (tenant_id, transaction_id, connection_id, source, kind,
   provider_event_id, transaction_status, reported_status, detail)
-SELECT %s, * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::text[],
-  %s::text[], %s::text[], %s::text[])
+SELECT %s, * FROM {rowset("uuid", "uuid", "text", "text", "text", "text", "text", "text")} AS v
 """
-_PARK = """
+_PARK = f"""
 INSERT INTO parked_callbacks (tenant_id, connection_id, gateway_code, provider_event_id,
   provider_reference, reference, body, body_encoding, received_at)
-SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
-  %s::text[], %s::text[], %s::timestamptz[])
+SELECT %s, * FROM {_PARKED_ROWS} AS v
 ON CONFLICT DO NOTHING
 """
 _PARKED_DUE = "SELECT tenant_id, parked_id FROM paystream_parked_callbacks_due(%s)"
@@ -330,49 +343,42 @@ def _parked(row: Sequence[Any]) -> ParkedCallback:
     )
 
 
-def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows to one list per column: the arrays `unnest` zips back into rows."""
-    return [[row[i] for row in rows] for i in range(width)] if rows else [[]] * width
-
-
 class PgPaymentUnit:
     """`paystream_core.ports.PaymentUnit` inside one open PostgreSQL transaction."""
 
     def __init__(
         self,
-        conn: psycopg.AsyncConnection[Any],
+        queue: StatementQueue,
         tenant_id: uuid.UUID | None,
         registry: SchemaRegistry,
         config: ConfigCache,
-        scope: psycopg.AsyncCursor[Any],
+        scope: Result,
     ) -> None:
-        self._conn = conn
+        self._q = queue
         self._tenant = tenant_id
         self._registry = registry
         self._config = config
         self._scope = scope  # its row carries the configuration version, read when needed
         self._version: int | None = None
-        self._checks: list[tuple[psycopg.AsyncCursor[Any], Callable[[list[Any]], None]]] = []
+        self._checks: list[tuple[Result, Callable[[list[Any]], None]]] = []
 
     async def version(self) -> int:
         """The configuration version this unit runs under (the caches are checked on it)."""
         if self._version is None:
-            row = await self._scope.fetchone()
-            self._version = int(row[2]) if row is not None else 0
+            rows = await self._scope.rows()
+            self._version = int(rows[0][2]) if rows else 0
             self._config.observe(self._version)
         return self._version
 
-    def _check_later(
-        self, cursor: psycopg.AsyncCursor[Any], check: Callable[[list[Any]], None]
-    ) -> None:
-        self._checks.append((cursor, check))
+    def _check_later(self, result: Result, check: Callable[[list[Any]], None]) -> None:
+        self._checks.append((result, check))
 
     async def verify(self) -> None:
         """Read the deferred results and raise if one proves the unit wrong (before the
         commit: the whole unit then rolls back)."""
         checks, self._checks = self._checks, []
-        for cursor, check in checks:
-            check(await cursor.fetchall())
+        for result, check in checks:
+            check(await result.rows())
 
     @property
     def tenant(self) -> uuid.UUID:
@@ -381,8 +387,7 @@ class PgPaymentUnit:
         return self._tenant
 
     async def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        cursor = await self._conn.execute(sql, params)
-        return await cursor.fetchall()
+        return await self._q.add(sql, params).rows()
 
     # --- commands ------------------------------------------------------------------------
 
@@ -398,8 +403,7 @@ class PgPaymentUnit:
 
     async def add_accounts(self, accounts: Sequence[tuple[str, str]]) -> None:
         if accounts:
-            ids, countries = _columns(sorted(set(accounts)), 2)
-            await self._conn.execute(_ADD_ACCOUNTS, (self.tenant, ids, countries))
+            self._q.add(_ADD_ACCOUNTS, (self.tenant, Rows(sorted(set(accounts)))))
 
     async def add_transactions(self, txns: Sequence[TransactionRecord]) -> set[uuid.UUID]:
         if not txns:
@@ -418,14 +422,14 @@ class PgPaymentUnit:
                 t.idempotency_key,
                 t.payload_hash,
                 t.payment_method,
-                Jsonb(dict(t.metadata)),
+                Json(dict(t.metadata)),
                 t.destination_ciphertext,
                 t.destination_key_id,
                 t.destination_masked,
             )
             for t in txns
         ]
-        inserted = await self._rows(_ADD_TRANSACTIONS, _columns(rows, 16))
+        inserted = await self._rows(_ADD_TRANSACTIONS, (Rows(rows),))
         return {row[0] for row in inserted}
 
     async def lock_transactions(
@@ -442,11 +446,11 @@ class PgPaymentUnit:
         if not ids:
             return {}, {}
         # Both statements go in one round trip; the transactions' locks come first.
-        txn_rows = await self._conn.execute(_LOCK_TRANSACTIONS, (list(ids),))
-        attempt_rows = await self._conn.execute(_ATTEMPTS + " FOR UPDATE", (list(ids),))
-        txns = {row[0]: _transaction(row) for row in await txn_rows.fetchall()}
+        txn_rows = self._q.add(_LOCK_TRANSACTIONS, (list(ids),))
+        attempt_rows = self._q.add(_ATTEMPTS + " FOR UPDATE", (list(ids),))
+        txns = {row[0]: _transaction(row) for row in await txn_rows.rows()}
         attempts: dict[uuid.UUID, list[AttemptRecord]] = {i: [] for i in ids}
-        for row in await attempt_rows.fetchall():
+        for row in await attempt_rows.rows():
             attempts[row[2]].append(_attempt(row))
         return txns, attempts
 
@@ -507,8 +511,7 @@ class PgPaymentUnit:
             if missing:
                 raise ConcurrentChange(f"transactions changed under their lock: {sorted(missing)}")
 
-        cursor = await self._conn.execute(_UPDATE_TRANSACTIONS, _columns(rows, 8))
-        self._check_later(cursor, all_updated)
+        self._check_later(self._q.add(_UPDATE_TRANSACTIONS, (Rows(rows),)), all_updated)
         await self._outcomes(applied, source)
         return refused
 
@@ -525,8 +528,7 @@ class PgPaymentUnit:
         others = [t for t in money if not t.hold]
         if holds:  # a hold needs its row to exist: it is refused, not inserted negative
             pairs = sorted({_balance(t) for t in money})
-            accounts, currencies = _columns(pairs, 2)
-            await self._conn.execute(_ENSURE_BALANCES, (self.tenant, accounts, currencies))
+            self._q.add(_ENSURE_BALANCES, (self.tenant, Rows(pairs)))
         if {_balance(t) for t in holds} & {_balance(t) for t in others}:
             # A hold and another posting on one balance in one call: their order matters.
             # No path does this today; if one ever does, post one by one, in order.
@@ -552,7 +554,7 @@ class PgPaymentUnit:
             for leg in legs(t.money, t.after.amount_minor)
         ]
         if ledger:
-            await self._conn.execute(_ADD_LEDGER, (self.tenant, *_columns(ledger, 5)))
+            self._q.add(_ADD_LEDGER, (self.tenant, Rows(ledger)))
         return refused
 
     async def _post_checked(self, transitions: Sequence[Transition], *, upsert: bool) -> None:
@@ -565,17 +567,15 @@ class PgPaymentUnit:
             if missing:
                 raise PostingRefused(f"postings would take balances below zero: {sorted(missing)}")
 
-        self._check_later(await self._post_statement(transitions, upsert=upsert), all_posted)
+        self._check_later(self._post_statement(transitions, upsert=upsert), all_posted)
 
     async def _post_together(self, transitions: Sequence[Transition]) -> set[tuple[str, str]]:
         """Post in one statement, each balance once (deltas summed); returns the balances
         whose update went through (all of a balance's postings, or none)."""
-        done = await (await self._post_statement(transitions)).fetchall()
+        done = await self._post_statement(transitions).rows()
         return {(row[0], row[1]) for row in done}
 
-    async def _post_statement(
-        self, transitions: Sequence[Transition], *, upsert: bool = False
-    ) -> psycopg.AsyncCursor[Any]:
+    def _post_statement(self, transitions: Sequence[Transition], *, upsert: bool = False) -> Result:
         deltas: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
         for t in transitions:
             assert t.money is not None
@@ -585,8 +585,8 @@ class PgPaymentUnit:
             delta[1] += held
         rows = [(a, c, d[0], d[1]) for (a, c), d in sorted(deltas.items())]
         if upsert:
-            return await self._conn.execute(_UPSERT_POSTINGS, (self.tenant, *_columns(rows, 4)))
-        return await self._conn.execute(_POST, (*_columns(rows, 4), self.tenant))
+            return self._q.add(_UPSERT_POSTINGS, (self.tenant, Rows(rows)))
+        return self._q.add(_POST, (Rows(rows), self.tenant))
 
     async def _outcomes(self, applied: Sequence[Transition], source: str) -> None:
         """One outcome event per new version, validated here, where a bug can still roll
@@ -606,11 +606,11 @@ class PgPaymentUnit:
                     outcome.EVENT_TYPE,
                     source,
                     t.at,
-                    Jsonb(data),
+                    Json(data),
                     traceparent_for(t.after.id),
                 )
             )
-        await self._conn.execute(_ADD_OUTBOX, (self.tenant, *_columns(rows, 9)))
+        self._q.add(_ADD_OUTBOX, (self.tenant, Rows(rows)))
 
     # --- attempts ----------------------------------------------------------------------------
 
@@ -645,9 +645,9 @@ class PgPaymentUnit:
             for a in attempts
         ]
         if not contested:  # nobody else can have recorded these: no need to wait for it
-            await self._conn.execute(_ADD_ATTEMPTS, _columns(rows, 9))
+            self._q.add(_ADD_ATTEMPTS, (Rows(rows),))
             return {a.id for a in attempts}
-        inserted = await self._rows(_ADD_ATTEMPTS, _columns(rows, 9))
+        inserted = await self._rows(_ADD_ATTEMPTS, (Rows(rows),))
         return {row[0] for row in inserted}
 
     async def save_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
@@ -665,11 +665,11 @@ class PgPaymentUnit:
             )
             for a in attempts
         ]
-        await self._conn.execute(_SAVE_ATTEMPTS, _columns(rows, 7))
+        self._q.add(_SAVE_ATTEMPTS, (Rows(rows),))
 
     async def restart_attempts(self, attempt_ids: Collection[uuid.UUID]) -> None:
         if attempt_ids:
-            await self._conn.execute(_RESTART_ATTEMPTS, (list(attempt_ids),))
+            self._q.add(_RESTART_ATTEMPTS, (list(attempt_ids),))
 
     async def started_for(self, attempt_id: uuid.UUID, *, age_s: float) -> bool:
         rows = await self._rows(_STARTED_FOR, (attempt_id, age_s))
@@ -689,7 +689,8 @@ class PgPaymentUnit:
     async def first_seen(self, consumer: str, message_ids: Collection[str]) -> set[str]:
         if not message_ids:
             return set()
-        rows = await self._rows(_FIRST_SEEN, (consumer, self.tenant, list(message_ids)))
+        ids = Rows([(m,) for m in message_ids])
+        rows = await self._rows(_FIRST_SEEN, (consumer, self.tenant, ids))
         return {row[0] for row in rows}
 
     async def add_anomalies(self, anomalies: Sequence[AnomalyRecord]) -> None:
@@ -708,7 +709,7 @@ class PgPaymentUnit:
             )
             for a in anomalies
         ]
-        await self._conn.execute(_ADD_ANOMALIES, (self.tenant, *_columns(rows, 8)))
+        self._q.add(_ADD_ANOMALIES, (self.tenant, Rows(rows)))
 
     async def park(self, parked: Sequence[ParkedCallback]) -> None:
         if not parked:
@@ -726,7 +727,7 @@ class PgPaymentUnit:
             )
             for p in parked
         ]
-        await self._conn.execute(_PARK, (self.tenant, *_columns(rows, 8)))
+        self._q.add(_PARK, (self.tenant, Rows(rows)))
 
     async def parked_due(self, limit: int) -> list[tuple[uuid.UUID, int]]:
         return [(row[0], row[1]) for row in await self._rows(_PARKED_DUE, (limit,))]
@@ -736,7 +737,7 @@ class PgPaymentUnit:
         return _parked(rows[0]) if rows else None
 
     async def save_parked(self, parked: ParkedCallback) -> None:
-        await self._conn.execute(
+        self._q.add(
             _SAVE_PARKED,
             (parked.tries, parked.next_try_at, parked.resolved_at, parked.resolution, parked.id),
         )
@@ -778,11 +779,11 @@ class PgPaymentUnit:
                     command.EVENT_TYPE,
                     source,
                     at,
-                    Jsonb(data),
+                    Json(data),
                     None,
                 )
             )
-        await self._conn.execute(_ADD_OUTBOX, (self.tenant, *_columns(rows, 9)))
+        self._q.add(_ADD_OUTBOX, (self.tenant, Rows(rows)))
 
     async def route_health(self, window_s: float) -> Health:
         return health_of(await self._rows(ROUTE_HEALTH_SQL, (window_s,)))
@@ -792,12 +793,12 @@ class PgPaymentUnit:
         return int(rows[0][0])
 
     async def reconciliation(self, txn_id: uuid.UUID) -> ReconciliationRecord:
-        await self._conn.execute(_ADD_RECONCILIATION, (txn_id, self.tenant))
+        self._q.add(_ADD_RECONCILIATION, (txn_id, self.tenant))
         row = (await self._rows(_LOCK_RECONCILIATION, (txn_id,)))[0]
         return ReconciliationRecord(*row)
 
     async def save_reconciliation(self, record: ReconciliationRecord) -> None:
-        await self._conn.execute(
+        self._q.add(
             _SAVE_RECONCILIATION,
             (
                 record.lookups,
@@ -900,13 +901,15 @@ class PgPaymentStore:
     @asynccontextmanager
     async def unit(self, tenant_id: uuid.UUID | None) -> AsyncIterator[PgPaymentUnit]:
         # BEGIN and COMMIT are queued like any statement (psycopg's transaction() block
-        # costs two extra synchronisations). If the block raises, the connection goes back
-        # to the pool inside a transaction, and the pool rolls it back.
-        async with self._pool.connection() as conn, conn.pipeline():
-            await conn.execute("BEGIN")
-            scope = await conn.execute(_SCOPE, (APP_ROLE, str(tenant_id or "")))
-            unit = PgPaymentUnit(conn, tenant_id, self._registry, self.config, scope)
+        # costs two extra round trips). If the block raises, what is still queued is never
+        # sent, and a connection left inside a transaction is rolled back by the pool.
+        async with self._pool.connection() as conn:
+            queue = StatementQueue(conn)
+            queue.add("BEGIN")
+            scope = queue.add(_SCOPE, (APP_ROLE, str(tenant_id or "")))
+            unit = PgPaymentUnit(queue, tenant_id, self._registry, self.config, scope)
             yield unit
             await unit.verify()
             await unit.version()  # observe it, even if nothing needed it
-            await conn.execute("COMMIT")
+            queue.add("COMMIT")
+            await queue.flush()

@@ -1,0 +1,92 @@
+"""Queued statements on a real PostgreSQL (paystream_storage.statements): values come back
+as they went in, results come back to their own statement, and a failing statement stops
+its batch and raises."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from paystream_storage.statements import Json, Rows, StatementQueue, rowset
+from tests.support.databases import libpq
+
+pytestmark = pytest.mark.integration
+
+COLUMNS = rowset("uuid", "text", "bigint", "bytea", "jsonb", "timestamptz")
+
+AWKWARD = [
+    "it's",
+    "back\\slash \\' \\\\",
+    "E'x' || 'y'",
+    "%s %(name)s %%",
+    "ünïcødé ✓ 💸",
+    "line\nbreak\ttab",
+    "'; DROP TABLE t; --",
+    "",
+]
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with await psycopg.AsyncConnection.connect(libpq(database_url), autocommit=True) as conn:
+        await conn.execute(
+            "CREATE TEMP TABLE t (id uuid, s text, n bigint, b bytea, j jsonb, at timestamptz)"
+        )
+        yield conn
+
+
+@pytest.mark.parametrize("conforming", ["on", "off"])
+async def test_values_round_trip_as_literals_and_row_sets(
+    conn: psycopg.AsyncConnection[Any], conforming: str
+) -> None:
+    await conn.execute(f"SET standard_conforming_strings = {conforming}")
+    at = datetime(2026, 12, 7, 3, 4, 5, 123456, tzinfo=UTC)
+    rows = [
+        (uuid.uuid4(), s, i - 2**40, s.encode() + b"\x00\xff", Json({"s": s, "n": [i]}), at)
+        for i, s in enumerate(AWKWARD)
+    ] + [(uuid.uuid4(), None, None, None, None, None)]
+    queue = StatementQueue(conn)
+    queue.add(
+        f"INSERT INTO t SELECT * FROM {COLUMNS} AS v",
+        (Rows(rows),),
+    )
+    scalars = queue.add("SELECT %s, %s, %s, %s, %s", (*AWKWARD[:4], Json(AWKWARD)))
+    stored = queue.add(
+        "SELECT id, s, n, b, j, at FROM t WHERE id = ANY(%s::uuid[])", ([r[0] for r in rows],)
+    )
+    empty = queue.add("SELECT count(*) FROM t WHERE id = ANY(%s::uuid[])", ([],))
+    assert await scalars.rows() == [(*AWKWARD[:4], AWKWARD)]
+    got = {r[0]: r for r in await stored.rows()}
+    for row in rows:
+        want = (*row[:4], row[4].value if isinstance(row[4], Json) else None, row[5])
+        assert got[row[0]] == want
+    assert await empty.rows() == [(0,)]
+
+
+async def test_results_go_to_their_statement_and_a_failure_stops_the_batch(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    queue = StatementQueue(conn)
+    queue.add("BEGIN")
+    first = queue.add("SELECT %s", (1,))
+    nothing = queue.add("INSERT INTO t (s) VALUES (%s)", ("kept?",))
+    second = queue.add("SELECT g FROM generate_series(1, %s) AS g", (3,))
+    assert await second.rows() == [(1,), (2,), (3,)]
+    assert await first.rows() == [(1,)]
+    assert await nothing.rows() == []
+
+    queue.add("INSERT INTO t (s) VALUES (%s)", ("after",))
+    failing = queue.add("SELECT 1 / %s", (0,))
+    never = queue.add("INSERT INTO t (s) VALUES (%s)", ("never",))
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        await failing.rows()
+    with pytest.raises(RuntimeError, match="must roll back"):
+        await never.rows()
+    await conn.execute("ROLLBACK")
+    cursor = await conn.execute("SELECT count(*) FROM t")
+    assert await cursor.fetchall() == [(0,)]
