@@ -1,27 +1,22 @@
-"""Wiring every paystream HTTP service shares: error handlers, metrics, bounded bodies,
-readiness of the database."""
+"""Wiring every paystream HTTP service shares: error handlers, bounded bodies, readiness of
+the database, operations routes. Request metrics are the edge's (`paystream_web.edge`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
-    Histogram,
     generate_latest,
 )
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paystream_web.problems import Problem
 
@@ -105,47 +100,6 @@ async def database_ready(sessions: async_sessionmaker[AsyncSession]) -> bool:
         return True
     except Exception:  # any failure means "not ready"; the reason is in the DB's logs
         return False
-
-
-class MetricsMiddleware:
-    """Request counts and latency by route template (ids in paths would explode label
-    cardinality). Plain ASGI: Starlette's BaseHTTPMiddleware cost more CPU per request
-    than the ingest handler itself."""
-
-    def __init__(
-        self, app: ASGIApp, requests: Counter, latency: Histogram, routes: list[BaseRoute]
-    ) -> None:
-        self.app = app
-        self.requests = requests
-        self.latency = latency
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = self._template(scope)
-            self.requests.labels(scope["method"], route, str(status)).inc()
-            self.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
-
-    def _template(self, scope: Scope) -> str:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return str(getattr(route, "path", "unmatched"))
-        return "unmatched"
 
 
 def add_operations_routes(

@@ -33,9 +33,9 @@ from paystream_storage.config_cache import poll_version
 from paystream_storage.errors import TRANSIENT_DB_ERRORS
 from paystream_telemetry.tracing import span, traceparent_of, tracing_on
 from paystream_telemetry.web import add_tracing
+from paystream_web.edge import DirectRoute, EdgeMiddleware
 from paystream_web.lifespan import closing_lifespan
 from paystream_web.service import (
-    MetricsMiddleware,
     add_operations_routes,
     install_problem_handlers,
     read_limited_body,
@@ -50,6 +50,7 @@ _KEPT_HEADERS = frozenset({"content-type", "user-agent", "soapaction", "request-
 _MAX_HEADER_VALUE = 8192
 # The gateway codes of the schemas (paystream.transaction.common.json#/$defs/gateway).
 GATEWAY_CODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+CALLBACK_ROUTE = "/v1/callbacks/{gateway}/{connection_id}"
 
 
 def create_app(deps: IngressDeps) -> FastAPI:
@@ -80,9 +81,13 @@ def create_app(deps: IngressDeps) -> FastAPI:
         retry_after_s=deps.settings.callback_retry_after_s,
     )
 
-    @app.post("/v1/callbacks/{gateway}/{connection_id}", operation_id="receiveCallback")
+    @app.post(CALLBACK_ROUTE, operation_id="receiveCallback")
     async def receive(request: Request, gateway: str, connection_id: str) -> Response:
         return await _receive(deps, request, gateway, connection_id)
+
+    async def receive_direct(request: Request) -> Response:
+        params = request.path_params
+        return await _receive(deps, request, params["gateway"], params["connection_id"])
 
     add_operations_routes(
         app,
@@ -98,10 +103,13 @@ def create_app(deps: IngressDeps) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(
-        MetricsMiddleware,
+        EdgeMiddleware,
         requests=deps.metrics.requests,
         latency=deps.metrics.latency,
         routes=app.router.routes,
+        handlers=app.exception_handlers,
+        # Callbacks are the volume: called straight from the edge (see paystream_web.edge).
+        direct=[DirectRoute(CALLBACK_ROUTE, receive_direct)],
     )
     add_tracing(app)  # outermost: the request's span covers the metrics middleware too
     return app

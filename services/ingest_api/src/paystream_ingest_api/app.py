@@ -25,9 +25,9 @@ from paystream_ingest_api.requests import (
 )
 from paystream_storage.errors import TRANSIENT_DB_ERRORS
 from paystream_telemetry.web import add_tracing
+from paystream_web.edge import DirectRoute, EdgeMiddleware
 from paystream_web.lifespan import closing_lifespan
 from paystream_web.service import (
-    MetricsMiddleware,
     add_operations_routes,
     install_problem_handlers,
     read_limited_body,
@@ -128,10 +128,16 @@ def create_app(deps: IngestDeps) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(
-        MetricsMiddleware,
+        EdgeMiddleware,
         requests=deps.metrics.requests,
         latency=deps.metrics.latency,
         routes=app.router.routes,
+        handlers=app.exception_handlers,
+        # The two POSTs are the volume: called straight from the edge (see paystream_web.edge).
+        direct=[
+            DirectRoute("/v1/deposits", create_deposit),
+            DirectRoute("/v1/withdrawals", create_withdrawal),
+        ],
     )
     add_tracing(app)  # outermost: the request's span covers the metrics middleware too
     return app
