@@ -4,6 +4,11 @@ Written in groups: each request hands its row to the writer and waits until the 
 joined is committed (one database transaction for all the requests of a few milliseconds,
 one INSERT per tenant under that tenant's row-level security). A request is answered only
 after its row is durable, as with a transaction per request, at a fraction of the cost.
+
+A group is one simple query (`statements.StatementQueue`): BEGIN, then per tenant its scope
+and one INSERT taking the rows as one JSON document, then COMMIT. One round trip instead of
+four (BEGIN, scope, INSERT, COMMIT each waited for), and one `json.dumps` instead of seven
+arrays dumped element by element.
 """
 
 from __future__ import annotations
@@ -12,18 +17,16 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
-from psycopg.types.json import Jsonb
-
 from paystream_storage.db import APP_ROLE
 from paystream_storage.pool import HotPool
+from paystream_storage.statements import Json, Rows, StatementQueue, rowset
 
 _SCOPE = "SELECT set_config('role', %s, true), set_config('paystream.tenant_id', %s, true)"
-_INSERT = """
+_ROWS = rowset("uuid", "text", "text", "text", "text", "jsonb", "text")
+_INSERT = f"""
 INSERT INTO callback_log (tenant_id, connection_id, gateway_code, provider_event_id, verdict,
   reason, headers, body)
-SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
-  %s::jsonb[], %s::text[])
-"""
+SELECT %s, * FROM {_ROWS} AS v"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +77,25 @@ class CallbackLogWriter:
         by_tenant: dict[uuid.UUID, list[CallbackLogEntry]] = {}
         for entry in entries:
             by_tenant.setdefault(entry.tenant_id, []).append(entry)
-        async with self._pool.connection() as conn, conn.transaction():
+        # If the query fails, the connection is left in the aborted transaction and the pool
+        # rolls it back when it is returned.
+        async with self._pool.connection() as conn:
+            queue = StatementQueue(conn)
+            queue.add("BEGIN")
             for tenant_id, rows in by_tenant.items():
-                await conn.execute(_SCOPE, (APP_ROLE, str(tenant_id)))
-                await conn.execute(
-                    _INSERT,
+                queue.add(_SCOPE, (APP_ROLE, str(tenant_id)))
+                values = [
                     (
-                        tenant_id,
-                        [r.connection_id for r in rows],
-                        [r.gateway_code for r in rows],
-                        [r.provider_event_id for r in rows],
-                        [r.verdict for r in rows],
-                        [r.reason for r in rows],
-                        [Jsonb(r.headers) for r in rows],
-                        [r.body for r in rows],
-                    ),
-                )
+                        r.connection_id,
+                        r.gateway_code,
+                        r.provider_event_id,
+                        r.verdict,
+                        r.reason,
+                        Json(r.headers),
+                        r.body,
+                    )
+                    for r in rows
+                ]
+                queue.add(_INSERT, (tenant_id, Rows(values)))
+            queue.add("COMMIT")
+            await queue.flush()
