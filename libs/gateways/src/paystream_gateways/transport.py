@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from paystream_gateways.aiohttp_pool import AiohttpTransport
 from paystream_gateways.errors import (
     Ambiguous,
     AmbiguousReason,
@@ -32,7 +33,12 @@ def new_client(options: ClientOptions, base_url: str = "") -> httpx.AsyncClient:
     # No redirects: a payment API that redirects a POST is misconfigured, and following it
     # could send the request (and its signature) somewhere else. A 3xx is classified as
     # not executed by the adapters: the endpoint that would process it never ran.
-    return httpx.AsyncClient(base_url=base_url, timeout=timeouts(options), follow_redirects=False)
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=timeouts(options),
+        follow_redirects=False,
+        transport=AiohttpTransport(),
+    )
 
 
 def classify_transport_error(provider: str, exc: BaseException) -> GatewayError:
