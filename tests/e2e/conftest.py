@@ -24,12 +24,22 @@ modules together decline a handful (see paystream_config.routing).
 The modules on the shared stack run one after the other, at the place of the first of
 them (pytest_collection_modifyitems), and the stack stops after the last of them
 (pytest_runtest_teardown), so it never idles beside another module's stack.
+
+`observed_stack` is a second stack shared the same way, by the modules that read what the
+stack reports rather than what it does: tracing on (every span in one file), every
+worker's /metrics port open and the reconciler's rounds and audit every second. Its
+modules add payments of their own and read their own traces and the metrics; none changes
+faults, breakers or routes. test_audit.py runs last on it (marked `stack_last`): it kills
+the gateway worker (a killed writer may leave a half-written line in the span file) and
+leaves an outcome event deleted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,61 +50,113 @@ from tests.e2e.stack import TERMINAL, Stack, running_stack
 from tests.support.asgi_server import free_port
 from tests.support.polling import wait_for
 
-SHARED = "shared_stack"
 PROVIDERS = ("stripe", "json", "soap")  # the sandbox's providers (paystream_sandbox.core)
+# The observed stack's worker web ports, by the process that serves /metrics on it.
+OBSERVED_WEB_PORTS = {
+    "gateway worker": "PAYSTREAM_WORKER_WEB_PORT",
+    "callback worker": "PAYSTREAM_CALLBACK_WORKER_WEB_PORT",
+    "reconciler": "PAYSTREAM_RECONCILER_WEB_PORT",
+}
+TRACE_FILE = "PAYSTREAM_TRACE_FILE"
+LAST = "stack_last"  # the marker of a module that runs last on its shared stack
+
+
+@dataclass(frozen=True)
+class StackKind:
+    """A stack several modules share; they take it through the module fixture `fixture`."""
+
+    fixture: str
+    settings: Callable[[Path], dict[str, str]]  # for running_stack; given the stack's tmp
+
+
+def _shared_settings(_tmp: Path) -> dict[str, str]:
+    return {"PAYSTREAM_WORKER_WEB_PORT": str(free_port())}  # the worker's /healthz, /metrics
+
+
+def _observed_settings(tmp: Path) -> dict[str, str]:
+    return {
+        TRACE_FILE: str(tmp / "spans.jsonl"),  # JSON lines, appended by every process
+        **{setting: str(free_port()) for setting in OBSERVED_WEB_PORTS.values()},
+        # The reconciler's backlog and audit gauges get values within a second, not minutes.
+        "PAYSTREAM_RECONCILER_INTERVAL_S": "1",
+        "PAYSTREAM_RECONCILER_AUDIT_INTERVAL_S": "1",
+    }
+
+
+SHARED = StackKind("shared_stack", _shared_settings)
+OBSERVED = StackKind("observed_stack", _observed_settings)
+KINDS = (SHARED, OBSERVED)
 
 
 class _Holder:
-    """The shared stack, started by its first user and stopped after its last."""
+    """A shared stack, started by its first user and stopped after its last."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: StackKind) -> None:
+        self.kind = kind
         self.stack: Stack | None = None
         self.faults: dict[str, dict[str, Any]] = {}
         self.users: set[str] = set()  # node ids of the tests still to run on it
+        self.failed: str | None = None
         self._exit = ExitStack()
 
     def start(self, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+        # One attempt per session, as a session fixture's: every later module fails at once
+        # instead of waiting for a start that failed before.
+        assert self.failed is None, f"{self.kind.fixture} did not start: {self.failed}"
         if self.stack is None:
-            port = str(free_port())  # the gateway worker's /healthz and /metrics
-            self.stack = self._exit.enter_context(
-                running_stack(
-                    tmp_path_factory.mktemp("shared-stack"), PAYSTREAM_WORKER_WEB_PORT=port
-                )
-            )
-            self.faults = {p: _faults(self.stack, p) for p in PROVIDERS}
+            tmp = tmp_path_factory.mktemp(self.kind.fixture.replace("_", "-"))
+            try:
+                self.stack = self._exit.enter_context(running_stack(tmp, **self.kind.settings(tmp)))
+                self.faults = {p: _faults(self.stack, p) for p in PROVIDERS}
+            except BaseException as exc:
+                self.failed = repr(exc)[:500]
+                self.close()
+                raise
         return self.stack
 
     def close(self) -> None:
         self._exit.close()
 
 
-_HOLDER = pytest.StashKey[_Holder]()
+_HOLDERS = pytest.StashKey[dict[str, _Holder]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_HOLDER] = _Holder()
+    config.stash[_HOLDERS] = {kind.fixture: _Holder(kind) for kind in KINDS}
+    config.addinivalue_line(
+        "markers",
+        f"{LAST}: the module runs after the others on its shared stack (it breaks something)",
+    )
 
 
 def _module_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
+def _takes(item: pytest.Item, kind: StackKind) -> bool:
+    return kind.fixture in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(trylast=True)  # after deselection (-k, -m)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Whole modules on the shared stack moved together, to where the first of them was;
-    everything else keeps its order."""
-    modules = {_module_of(i) for i in items if SHARED in getattr(i, "fixturenames", ())}
-    users = [i for i in items if _module_of(i) in modules]
-    if not users:
-        return
-    first = items.index(users[0])
-    others = [i for i in items if _module_of(i) not in modules]
-    items[:] = others[:first] + users + others[first:]
+    """For each shared stack, whole modules on it moved together, to where the first of
+    them was, those marked `stack_last` after the others; everything else keeps its order."""
+    for kind in KINDS:
+        modules = {_module_of(i) for i in items if _takes(i, kind)}
+        users = [i for i in items if _module_of(i) in modules]
+        if not users:
+            continue
+        first = items.index(users[0])  # every item before it stays where it is
+        users.sort(key=lambda i: i.get_closest_marker(LAST) is not None)  # a stable sort
+        others = [i for i in items if _module_of(i) not in modules]
+        items[:] = others[:first] + users + others[first:]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    holder = session.config.stash[_HOLDER]
-    holder.users = {i.nodeid for i in session.items if SHARED in getattr(i, "fixturenames", ())}
+    taking_both = {i.nodeid for i in session.items if all(_takes(i, k) for k in KINDS)}
+    assert not taking_both, f"one shared stack per test: {sorted(taking_both)}"
+    for holder in session.config.stash[_HOLDERS].values():
+        holder.users = {i.nodeid for i in session.items if _takes(i, holder.kind)}
 
 
 @pytest.hookimpl(wrapper=True)
@@ -104,34 +166,38 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     try:
         return (yield)
     finally:
-        holder = item.config.stash[_HOLDER]
-        if item.nodeid in holder.users:
-            holder.users.discard(item.nodeid)
-            if not holder.users:
-                holder.close()
+        for holder in item.config.stash[_HOLDERS].values():
+            if item.nodeid in holder.users:
+                holder.users.discard(item.nodeid)
+                if not holder.users:
+                    holder.close()
 
 
 @pytest.fixture(scope="session")
-def _shared_stack_session(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[_Holder]:
-    holder = request.config.stash[_HOLDER]
-    holder.start(tmp_path_factory)
-    yield holder
-    holder.close()  # when the session ends early (-x, an interrupt); idempotent
+def _holders(request: pytest.FixtureRequest) -> Iterator[dict[str, _Holder]]:
+    holders = request.config.stash[_HOLDERS]
+    yield holders
+    for holder in holders.values():
+        holder.close()  # when the session ends early (-x, an interrupt); idempotent
 
 
 @pytest.fixture(scope="module")
-def shared_stack(_shared_stack_session: _Holder) -> Iterator[Stack]:
-    holder = _shared_stack_session
-    assert holder.stack is not None
-    stack = holder.stack
+def shared_stack(
+    _holders: dict[str, _Holder], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    holder = _holders[SHARED.fixture]
+    stack = holder.start(tmp_path_factory)
     _restore_faults(stack, holder.faults)
     routes = route_table(stack)
     yield stack
     _restore_faults(stack, holder.faults)
     settle_breakers(stack)
     assert route_table(stack) == routes, "the module left the routes changed"
+
+
+@pytest.fixture(scope="module")
+def observed_stack(_holders: dict[str, _Holder], tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    return _holders[OBSERVED.fixture].start(tmp_path_factory)
 
 
 def route_table(stack: Stack) -> list[tuple[Any, ...]]:

@@ -2,7 +2,12 @@
 worker in the middle (deposits and withdrawals, failures, pending ones settled by signed
 callbacks, holds refused for insufficient funds), then exit 1 with a message naming the
 account or the transaction when the test corrupts a balance or deletes an outcome event;
-the reconciler's audit (every second here) reports the same."""
+the reconciler's audit (every second here) reports the same.
+
+On the observed stack (tests/e2e/conftest.py), whose reconciler audits every second, after
+its other modules (`stack_last`: this one kills the worker and leaves an event deleted).
+Its accounts are its own; the audits check every payment on the stack, the other modules'
+too, which must be just as clean."""
 
 from __future__ import annotations
 
@@ -13,14 +18,13 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.stack import Stack, running_stack
+from tests.e2e.stack import Stack
 from tests.support.polling import wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.stack_last]
 
 DESTINATION = {"holder_name": "Erika Mustermann", "iban": "DE89370400440532013000"}
 COUNTRIES = ("DE", "FR", "GB", "US", "BR", "NG")
@@ -29,12 +33,10 @@ OPEN = ("received", "processing", "pending", "action_required")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(observed_stack: Stack) -> Stack:
     # The reconciler's audit every second, so its metrics follow the corruption below.
-    with running_stack(
-        tmp_path_factory.mktemp("audit"), PAYSTREAM_RECONCILER_AUDIT_INTERVAL_S="1"
-    ) as s:
-        yield s
+    assert observed_stack.settings["PAYSTREAM_RECONCILER_AUDIT_INTERVAL_S"] == "1"
+    return observed_stack
 
 
 def _audit(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

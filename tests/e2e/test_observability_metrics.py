@@ -1,42 +1,28 @@
 """Every metric an alert rule or a dashboard panel of deploy/observability uses is exported
 by a running dev stack (or listed in external-metrics.yml with the exporter that provides
 it): the ingest API, the callback ingress, and the gateway worker, callback worker and
-reconciler on their web ports. About 30 s, most of it the stack's start."""
+reconciler on their web ports. On the observed stack (tests/e2e/conftest.py), which opens
+those ports and runs the reconciler's rounds every second; its only payment is its own."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.stack import Stack, running_stack
-from tests.support.asgi_server import free_port
+from tests.e2e.conftest import OBSERVED_WEB_PORTS
+from tests.e2e.stack import Stack
 from tests.support.observability import declared, external_metrics, undeclared, used_metrics
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
-WEB_PORTS = {
-    "gateway worker": "PAYSTREAM_WORKER_WEB_PORT",
-    "callback worker": "PAYSTREAM_CALLBACK_WORKER_WEB_PORT",
-    "reconciler": "PAYSTREAM_RECONCILER_WEB_PORT",
-}
-
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    ports = {name: str(free_port()) for name in WEB_PORTS.values()}
-    with running_stack(
-        tmp_path_factory.mktemp("observability"),
-        **ports,
-        # The audit and backlog gauges get their first values within a second, not minutes.
-        PAYSTREAM_RECONCILER_INTERVAL_S="1",
-        PAYSTREAM_RECONCILER_AUDIT_INTERVAL_S="1",
-    ) as running:
-        yield running
+def stack(observed_stack: Stack) -> Stack:
+    return observed_stack
 
 
 def _urls(stack: Stack) -> dict[str, str]:
@@ -44,7 +30,7 @@ def _urls(stack: Stack) -> dict[str, str]:
         "ingest API": stack.env["PAYSTREAM_API_URL"] + "/metrics",
         "callback ingress": stack.env["PAYSTREAM_CALLBACK_URL"] + "/metrics",
     }
-    for name, setting in WEB_PORTS.items():
+    for name, setting in OBSERVED_WEB_PORTS.items():
         urls[name] = f"http://127.0.0.1:{stack.env_port(setting)}/metrics"
     return urls
 

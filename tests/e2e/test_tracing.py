@@ -3,31 +3,30 @@ worker's intake, the provider attempt (and its HTTP call) and the relay's publis
 outcome events, each the child of the one before, across four processes.
 
 Every process writes its finished spans to the same file (PAYSTREAM_TRACE_FILE, JSON
-lines), which the test reads: no collector needed (about 30 s, most of it the stack's
-start)."""
+lines), which the test reads: no collector needed. On the observed stack
+(tests/e2e/conftest.py), with the metrics module: each test reads only the trace of its
+own deposit. The untraced path (tracing off, ids carried in the events) is
+test_json_logs.py's."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.stack import Stack, running_stack
+from tests.e2e.conftest import TRACE_FILE
+from tests.e2e.stack import Stack
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path]]:
-    tmp = tmp_path_factory.mktemp("tracing")
-    spans = tmp / "spans.jsonl"
-    with running_stack(tmp, PAYSTREAM_TRACE_FILE=str(spans)) as stack:
-        yield stack, spans
+def traced(observed_stack: Stack) -> tuple[Stack, Path]:
+    return observed_stack, Path(observed_stack.settings[TRACE_FILE])
 
 
 def _spans(path: Path) -> list[dict[str, Any]]:
