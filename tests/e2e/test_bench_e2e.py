@@ -2,6 +2,10 @@
 
 Speed is never asserted (it depends on the machine); what is checked is that every
 accepted request is accounted for and that every figure is present and sane.
+
+On the shared stack (tests/e2e/conftest.py): the bench waits for the outcomes of its own
+requests only (read from the outcomes topic from where it ends when the bench starts), its
+accounts are its own (`bench-...`), and it changes no fault, breaker or route.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.stack import running_stack
+from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -63,9 +67,9 @@ def _ordered(latency: dict[str, Any]) -> None:
     assert 0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"], latency
 
 
-def test_attached_bench_accounts_for_every_request(tmp_path: Path) -> None:
-    with running_stack(tmp_path) as stack:
-        done, report = _bench(stack.home / "dev.env")
+def test_attached_bench_accounts_for_every_request(shared_stack: Stack) -> None:
+    stack = shared_stack
+    done, report = _bench(stack.home / "dev.env")
     assert report["exit_code"] == 0
     assert report["stack"]["mode"] == "attach"
     assert report["stack"]["dev_pid"] == stack.process.pid, done.stderr
