@@ -11,7 +11,9 @@ httpx exception it would have raised, so `transport.classify_transport_error` (c
 failures: not executed; anything later: ambiguous) keeps its meaning.
 
 No redirects are followed and bodies are handed over undecoded (httpx decodes them), as
-with httpcore.
+with httpcore. aiohttp never resends a POST by itself (it retries a request on a reused
+connection the server dropped only for idempotent methods, i.e. our status lookups), so a
+write is sent once per attempt and any retry stays the caller's, with the same key.
 """
 
 from __future__ import annotations
