@@ -25,13 +25,14 @@ The modules on the shared stack run one after the other, at the place of the fir
 them (pytest_collection_modifyitems), and the stack stops after the last of them
 (pytest_runtest_teardown), so it never idles beside another module's stack.
 
-`observed_stack` is a second stack shared the same way, by the modules that read what the
-stack reports rather than what it does: tracing on (every span in one file), every
-worker's /metrics port open and the reconciler's rounds and audit every second. Its
-modules add payments of their own and read their own traces and the metrics; none changes
-faults, breakers or routes. test_audit.py runs last on it (marked `stack_last`): it kills
-the gateway worker (a killed writer may leave a half-written line in the span file) and
-leaves an outcome event deleted.
+`observed_stack` is a second stack shared the same way, by the modules that need settings
+of their own which change nothing for the others: tracing on (every span in one file),
+every worker's /metrics port open, the reconciler's rounds and audit every second, and
+routing health judged on a short window (OBSERVED_ROUTING). Its modules read their own
+payments, traces and routes' health, and the metrics; test_routing_health.py puts back
+the faults and routes it changes. test_audit.py runs last on it (marked `stack_last`): it
+kills the gateway worker (a killed writer may leave a half-written line in the span file)
+and leaves an outcome event deleted.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import httpx
 import pytest
 
 from paystream_cli.demo_seed import DEPOSIT_ROUTES
+from tests.e2e.route_commands import route_table
 from tests.e2e.stack import TERMINAL, Stack, running_stack
 from tests.support.asgi_server import free_port
 from tests.support.polling import wait_for
@@ -58,6 +60,15 @@ OBSERVED_WEB_PORTS = {
     "reconciler": "PAYSTREAM_RECONCILER_WEB_PORT",
 }
 TRACE_FILE = "PAYSTREAM_TRACE_FILE"
+# Routing by health judged on a short window and a small volume (test_routing_health.py):
+# 10 final attempts of one gateway, country and type within 12 s. The other modules on
+# the observed stack decline too few payments of any one route to move one.
+OBSERVED_ROUTING = {
+    "PAYSTREAM_ROUTING_HEALTH_WINDOW_S": "12",
+    "PAYSTREAM_ROUTING_MIN_VOLUME": "10",
+    "PAYSTREAM_ROUTING_SUCCESS_FLOOR": "0.5",
+    "PAYSTREAM_ROUTING_HEALTH_REFRESH_S": "0.3",
+}
 LAST = "stack_last"  # the marker of a module that runs last on its shared stack
 
 
@@ -80,6 +91,7 @@ def _observed_settings(tmp: Path) -> dict[str, str]:
         # The reconciler's backlog and audit gauges get values within a second, not minutes.
         "PAYSTREAM_RECONCILER_INTERVAL_S": "1",
         "PAYSTREAM_RECONCILER_AUDIT_INTERVAL_S": "1",
+        **OBSERVED_ROUTING,
     }
 
 
@@ -198,14 +210,6 @@ def shared_stack(
 @pytest.fixture(scope="module")
 def observed_stack(_holders: dict[str, _Holder], tmp_path_factory: pytest.TempPathFactory) -> Stack:
     return _holders[OBSERVED.fixture].start(tmp_path_factory)
-
-
-def route_table(stack: Stack) -> list[tuple[Any, ...]]:
-    """Every route with its priority, switch and weight, in a stable order."""
-    return stack.query(
-        "SELECT country, transaction_type, gateway_code, priority, enabled, weight"
-        " FROM gateway_countries ORDER BY 1, 2, 3"
-    )
 
 
 def _faults(stack: Stack, provider: str) -> dict[str, Any]:

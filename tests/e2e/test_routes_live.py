@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import route_table
+from tests.e2e.route_commands import restore_routes, route_table, routes
 from tests.e2e.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -34,46 +31,9 @@ def stack(shared_stack: Stack) -> Iterator[Stack]:
     restore_routes(shared_stack, before)
 
 
-def restore_routes(stack: Stack, table: list[tuple[Any, ...]]) -> None:
-    """The routes of `table` (see route_table) back, with the operator's commands: each
-    country and type that differs is set again (its levels, weights), then switched."""
-    wanted: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
-    for row in table:
-        wanted.setdefault((row[0], row[1]), []).append(row)
-    now = route_table(stack)
-    for (country, kind), rows in wanted.items():
-        if [r for r in now if (r[0], r[1]) == (country, kind)] == rows:
-            continue
-        levels: dict[int, list[str]] = {}
-        for _, _, gateway, priority, _, weight in rows:
-            levels.setdefault(priority, []).append(f"{gateway}:{weight}")
-        args = [",".join(levels[p]) for p in sorted(levels)]
-        routes(stack, "set", country, kind, *args, "--actor", "e2e-restore")
-        # `set` keeps a gateway's switch, and a gateway it adds starts enabled.
-        switched = {r[2]: r[4] for r in route_table(stack) if (r[0], r[1]) == (country, kind)}
-        for _, _, gateway, _, enabled, _ in rows:
-            if switched[gateway] != enabled:
-                routes(stack, "enable" if enabled else "disable", country, kind, gateway)
-
-
 def since(changes: list[dict[str, Any]], started: datetime) -> list[dict[str, Any]]:
     """The changes made at or after `started` (the stack may have routed before)."""
     return [c for c in changes if datetime.fromisoformat(c["changed_at"]) >= started]
-
-
-def routes(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real command line, as an operator runs it beside the stack."""
-    env = {**os.environ, "PAYSTREAM_DATABASE_URL": stack.env["PAYSTREAM_DATABASE_URL"]}
-    done = subprocess.run(
-        [sys.executable, "-m", "paystream_cli.main", "routes", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
 
 
 def history(stack: Stack, *args: str) -> list[dict[str, Any]]:
