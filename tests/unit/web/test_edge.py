@@ -3,11 +3,14 @@ included), and every request is counted under its route template."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.responses import JSONResponse, Response
 from starlette.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 
 from paystream_storage.errors import TRANSIENT_DB_ERRORS
 from paystream_web.edge import DirectRoute, EdgeMiddleware
@@ -76,6 +79,22 @@ def test_a_direct_route_is_called_with_its_path_parameters_and_counted() -> None
     assert answer.json() == {"kind": "book", "id": "b-1", "body": "hello"}
     assert edge.direct_calls == 1
     assert edge.count("POST", ITEM, 200) == 1
+
+
+def test_a_direct_request_carries_its_route_as_the_router_would() -> None:
+    """The tracing middleware, outside the edge, names the span's route from scope["route"]."""
+    edge = Edge()
+    seen: list[Any] = []
+    inner = edge.app.build_middleware_stack()
+
+    async def outer(scope: Scope, receive: Receive, send: Send) -> None:
+        await inner(scope, receive, send)
+        seen.append(scope.get("route"))
+
+    edge.app.middleware_stack = outer
+    assert TestClient(edge.app).post("/v1/items/book/b-1").status_code == 200
+    assert edge.direct_calls == 1
+    assert getattr(seen[0], "path_format", None) == ITEM
 
 
 def test_direct_errors_are_the_app_handlers_answers() -> None:

@@ -84,6 +84,9 @@ class EdgeMiddleware:
         # The app's dict itself: handlers registered later are seen too.
         self.handlers = handlers
         self.direct = tuple(direct)
+        # What the router would have put in the scope for each direct route: the tracing
+        # middleware outside reads the route's template from it (`http.route`).
+        self.registered = {d.template: _registered(d, routes) for d in self.direct}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,6 +113,10 @@ class EdgeMiddleware:
             hit, params = direct
             route = hit.template
             scope["path_params"] = params
+            registered = self.registered[route]
+            if registered is not None:
+                scope["route"] = registered
+                scope["endpoint"] = getattr(registered, "endpoint", None)
             request = Request(scope, receive)
             try:
                 response = await hit.endpoint(request)
@@ -168,3 +175,13 @@ def _is_async(handler: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
         getattr(handler, "__call__", None)  # noqa: B004 - an instance's async __call__
     )
+
+
+def _registered(direct: DirectRoute, routes: list[BaseRoute]) -> BaseRoute | None:
+    """The app's own route for `direct` (same template and method), if it has one."""
+    for route in routes:
+        if getattr(route, "path", None) == direct.template and direct.method in (
+            getattr(route, "methods", None) or ()
+        ):
+            return route
+    return None
