@@ -491,6 +491,17 @@ class FakeUnit:
                 finished_at=a.finished_at,
             )
 
+    async def find_and_lock(
+        self, keys: Collection[AttemptKey]
+    ) -> tuple[
+        dict[AttemptKey, AttemptRecord],
+        dict[uuid.UUID, TransactionRecord],
+        dict[uuid.UUID, list[AttemptRecord]],
+    ]:
+        found = await self.find_attempts(keys)
+        txns, locked = await self.lock_with_attempts({a.transaction_id for a in found.values()})
+        return found, txns, locked
+
     async def find_attempts(self, keys: Collection[AttemptKey]) -> dict[AttemptKey, AttemptRecord]:
         connections = {k.connection_id for k in keys}
         references = {k.reference for k in keys if k.reference}

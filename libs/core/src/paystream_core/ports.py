@@ -154,6 +154,18 @@ class PaymentUnit(Protocol):
         """The attempt each key names (by our key, else the provider's newest reference)."""
         ...
 
+    async def find_and_lock(
+        self, keys: Collection[AttemptKey]
+    ) -> tuple[
+        dict[AttemptKey, AttemptRecord],
+        dict[uuid.UUID, TransactionRecord],
+        dict[uuid.UUID, list[AttemptRecord]],
+    ]:
+        """`find_attempts`, then `lock_with_attempts` of their transactions, in one round
+        trip: what each key names among the attempts of the transactions now locked (an
+        attempt recorded meanwhile for a transaction not locked is not found: an orphan)."""
+        ...
+
     # --- callbacks -------------------------------------------------------------------------
     async def first_seen(self, consumer: str, message_ids: Collection[str]) -> set[str]:
         """Record the ids in the inbox; returns those seen for the first time."""

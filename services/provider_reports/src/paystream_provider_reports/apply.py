@@ -59,9 +59,7 @@ async def apply_reports(
 ) -> list[Result | None]:
     """Apply each report in order; None for a report whose attempt is not known (an orphan).
     Several reports about one transaction apply one after the other."""
-    found = await unit.find_attempts([r.key for r in reports])
-    txn_ids = {a.transaction_id for a in found.values()}
-    txns, locked = await unit.lock_with_attempts(txn_ids)
+    found, txns, locked = await unit.find_and_lock([r.key for r in reports])
     attempts: dict[uuid.UUID, AttemptRecord] = {a.id: a for group in locked.values() for a in group}
     latest: dict[uuid.UUID, int] = {}
     for a in attempts.values():
