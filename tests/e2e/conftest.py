@@ -27,12 +27,12 @@ them (pytest_collection_modifyitems), and the stack stops after the last of them
 
 `observed_stack` is a second stack shared the same way, by the modules that need settings
 of their own which change nothing for the others: tracing on (every span in one file),
-every worker's /metrics port open, the reconciler's rounds and audit every second, and
-routing health judged on a short window (OBSERVED_ROUTING). Its modules read their own
-payments, traces and routes' health, and the metrics; test_routing_health.py puts back
-the faults and routes it changes. test_audit.py runs last on it (marked `stack_last`): it
-kills the gateway worker (a killed writer may leave a half-written line in the span file)
-and leaves an outcome event deleted.
+every worker's /metrics port open, the reconciler's rounds and audit every second. Its
+modules read their own payments and traces, and the metrics; none changes faults,
+breakers or routes. test_audit.py runs last on it (marked `stack_last`): it kills the
+gateway worker (a killed writer may leave a half-written line in the span file) and
+leaves an outcome event deleted. test_routing_health.py keeps a stack of its own: its
+12 s health window leaves no room for the CPU the observed stack's settings take.
 """
 
 from __future__ import annotations
@@ -60,15 +60,6 @@ OBSERVED_WEB_PORTS = {
     "reconciler": "PAYSTREAM_RECONCILER_WEB_PORT",
 }
 TRACE_FILE = "PAYSTREAM_TRACE_FILE"
-# Routing by health judged on a short window and a small volume (test_routing_health.py):
-# 10 final attempts of one gateway, country and type within 12 s. The other modules on
-# the observed stack decline too few payments of any one route to move one.
-OBSERVED_ROUTING = {
-    "PAYSTREAM_ROUTING_HEALTH_WINDOW_S": "12",
-    "PAYSTREAM_ROUTING_MIN_VOLUME": "10",
-    "PAYSTREAM_ROUTING_SUCCESS_FLOOR": "0.5",
-    "PAYSTREAM_ROUTING_HEALTH_REFRESH_S": "0.3",
-}
 LAST = "stack_last"  # the marker of a module that runs last on its shared stack
 
 
@@ -91,7 +82,6 @@ def _observed_settings(tmp: Path) -> dict[str, str]:
         # The reconciler's backlog and audit gauges get values within a second, not minutes.
         "PAYSTREAM_RECONCILER_INTERVAL_S": "1",
         "PAYSTREAM_RECONCILER_AUDIT_INTERVAL_S": "1",
-        **OBSERVED_ROUTING,
     }
 
 

@@ -7,10 +7,6 @@
   demoted again; recovered, it takes the traffic and stays first;
 - a 70/30 weight split between two gateways of equal priority holds within 5 points over
   1,000 deposits sent at once (first attempts counted in the database).
-
-On the observed stack (tests/e2e/conftest.py), which has the short health window and
-small volume (OBSERVED_ROUTING): the other modules there send too few GB deposits to
-enter a 12 s window, and none while this one runs; the routes it sets are put back.
 """
 
 from __future__ import annotations
@@ -27,23 +23,24 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import OBSERVED_ROUTING
-from tests.e2e.route_commands import restore_routes, route_table
-from tests.e2e.stack import TERMINAL, Stack
+from tests.e2e.stack import TERMINAL, Stack, running_stack
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
-ROUTING = OBSERVED_ROUTING  # the stack's routing settings, for `routes explain` too
+ROUTING = {
+    "PAYSTREAM_ROUTING_HEALTH_WINDOW_S": "12",
+    "PAYSTREAM_ROUTING_MIN_VOLUME": "10",
+    "PAYSTREAM_ROUTING_SUCCESS_FLOOR": "0.5",
+    "PAYSTREAM_ROUTING_HEALTH_REFRESH_S": "0.3",
+}
 DEMOTED_REASON = "priority 2; ahead of demoted jsonpay"
 
 
 @pytest.fixture(scope="module")
-def stack(observed_stack: Stack) -> Iterator[Stack]:
-    before = route_table(observed_stack)
-    yield observed_stack
-    restore_routes(observed_stack, before)  # the 70/30 split's
-    assert route_table(observed_stack) == before
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack"), **ROUTING) as running:
+        yield running
 
 
 def paystream(stack: Stack, *args: str) -> str:

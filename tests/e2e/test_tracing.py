@@ -37,9 +37,8 @@ def _lines(path: Path) -> list[str]:
 
 
 def _of_trace(path: Path, txn: uuid.UUID) -> list[dict[str, Any]]:
-    """Every span of the trace whose intake names `txn`. The file holds the other modules'
-    spans too (thousands of deposits): only lines naming the transaction, then only
-    lines naming its trace, are parsed."""
+    """Every span of the trace whose intake names `txn`. The file holds every span of the
+    observed stack: only lines naming the transaction, then its trace, are parsed."""
     lines = _lines(path)
     naming = (json.loads(line) for line in lines if str(txn) in line)
     intake = [
