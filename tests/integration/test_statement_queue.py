@@ -55,7 +55,9 @@ async def test_values_round_trip_as_literals_and_row_sets(
         f"INSERT INTO t SELECT * FROM {COLUMNS} AS v",
         (Rows(rows),),
     )
-    scalars = queue.add("SELECT %s, %s, %s, %s, %s", (*AWKWARD[:4], Json(AWKWARD)))
+    scalars = queue.add(
+        "SELECT %s::text, %s::text, %s::text, %s::text, %s::jsonb", (*AWKWARD[:4], Json(AWKWARD))
+    )
     stored = queue.add(
         "SELECT id, s, n, b, j, at FROM t WHERE id = ANY(%s::uuid[])", ([r[0] for r in rows],)
     )
@@ -73,7 +75,7 @@ async def test_results_go_to_their_statement_and_a_failure_stops_the_batch(
 ) -> None:
     queue = StatementQueue(conn)
     queue.add("BEGIN")
-    first = queue.add("SELECT %s", (1,))
+    first = queue.add("SELECT %s::int", (1,))
     nothing = queue.add("INSERT INTO t (s) VALUES (%s)", ("kept?",))
     second = queue.add("SELECT g FROM generate_series(1, %s) AS g", (3,))
     assert await second.rows() == [(1,), (2,), (3,)]
@@ -81,7 +83,7 @@ async def test_results_go_to_their_statement_and_a_failure_stops_the_batch(
     assert await nothing.rows() == []
 
     queue.add("INSERT INTO t (s) VALUES (%s)", ("after",))
-    failing = queue.add("SELECT 1 / %s", (0,))
+    failing = queue.add("SELECT 1 / %s::int", (0,))
     never = queue.add("INSERT INTO t (s) VALUES (%s)", ("never",))
     with pytest.raises(psycopg.errors.DivisionByZero):
         await failing.rows()
@@ -90,3 +92,34 @@ async def test_results_go_to_their_statement_and_a_failure_stops_the_batch(
     await conn.execute("ROLLBACK")
     cursor = await conn.execute("SELECT count(*) FROM t")
     assert await cursor.fetchall() == [(0,)]
+
+
+async def test_statements_are_prepared_once_per_connection_even_after_a_failed_batch(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    async def prepared() -> set[str]:
+        cursor = await conn.execute("SELECT name FROM pg_prepared_statements")
+        return {row[0] for row in await cursor.fetchall()}
+
+    queue = StatementQueue(conn)
+    select = "SELECT %s::bigint + 1"
+    assert await queue.add(select, (1,)).rows() == [(2,)]
+    names = await prepared()
+    assert len(names) == 1
+    # A batch that fails after preparing a second statement: PREPARE is not undone by the
+    # rollback, and the queue no longer trusts what it knows about this connection.
+    queue.add("BEGIN")
+    queue.add("SELECT %s::text || 'x'", ("a",))
+    failing = queue.add("SELECT 1 / %s::int", (0,))
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        await failing.rows()
+    await conn.execute("ROLLBACK")
+    assert len(await prepared()) == 3
+    # The next batches use all three without preparing any again (a second PREPARE of a
+    # name would fail the batch).
+    again = StatementQueue(conn)
+    a = again.add(select, (41,))
+    b = again.add("SELECT %s::text || 'x'", ("b",))
+    c = again.add("SELECT 1 / %s::int", (1,))
+    assert (await a.rows(), await b.rows(), await c.rows()) == ([(42,)], [("bx",)], [(1,)])
+    assert len(await prepared()) == 3

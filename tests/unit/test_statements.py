@@ -70,7 +70,7 @@ def test_nul_and_non_finite_and_unknown_types_are_refused() -> None:
 
 def test_arrays_row_sets_and_json() -> None:
     tid = uuid.UUID(int=5)
-    assert literal([]) == "ARRAY[]"
+    assert literal([]) == "'{}'"
     assert literal(["a", "b'"]) == "ARRAY[E'a', E'b''']"
     assert literal((tid,)) == f"ARRAY['{tid}'::uuid]"
     rows = Rows([(tid, "o'k", 1, None, b"\x01\xff", Json({"k": "v"}))])
