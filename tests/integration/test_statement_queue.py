@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from paystream_storage import payments
 from paystream_storage.statements import Json, Rows, StatementQueue, rowset
 from tests.support.databases import libpq
 
@@ -123,3 +124,38 @@ async def test_statements_are_prepared_once_per_connection_even_after_a_failed_b
     c = again.add("SELECT 1 / %s::int", (1,))
     assert (await a.rows(), await b.rows(), await c.rows()) == ([(42,)], [("bx",)], [(1,)])
     assert len(await prepared()) == 3
+
+
+async def test_row_sets_join_by_index_not_by_scanning_whole_tables(database_url: str) -> None:
+    """A set of rows is estimated at 10 (paystream_rows, migration 0015), so updating a few
+    transactions looks them up by key: with jsonb_array_elements' fixed estimate of 100 the
+    planner hashed a sequential scan of the whole table, in every unit."""
+    async with await psycopg.AsyncConnection.connect(libpq(database_url), autocommit=True) as conn:
+        tenant = uuid.uuid4()
+        await conn.execute("INSERT INTO tenants (id, name) VALUES (%s, 't')", (tenant,))
+        await conn.execute(
+            "INSERT INTO accounts (tenant_id, id, country)"
+            " SELECT %s, 'a' || g, 'DE' FROM generate_series(1, 5000) AS g",
+            (tenant,),
+        )
+        await conn.execute(
+            "INSERT INTO transactions (id, tenant_id, account_id, type, status, version,"
+            " amount_minor, currency, country, idempotency_key, payload_hash)"
+            " SELECT gen_random_uuid(), %s, 'a' || g, 'deposit', 'processing', 1, 100, 'EUR',"
+            " 'DE', 'k' || g, 'h' FROM generate_series(1, 5000) AS g",
+            (tenant,),
+        )
+        await conn.execute("ANALYZE transactions")
+        # The two statements that join a row set to transactions (the table filled here).
+        for name in ("_UPDATE_TRANSACTIONS", "_ADD_ATTEMPTS"):
+            sql = getattr(payments, name)
+            count = sql.count("%s")
+            body = sql % tuple(f"${i + 1}" for i in range(count))
+            await conn.execute(f"PREPARE check_plan AS {body}")
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            cursor = await conn.execute(
+                f"EXPLAIN EXECUTE check_plan({', '.join(['NULL'] * count)})"
+            )
+            plan = "\n".join(row[0] for row in await cursor.fetchall())
+            await conn.execute("DEALLOCATE check_plan")
+            assert "Seq Scan on transactions" not in plan, (name, plan)
