@@ -174,3 +174,21 @@ async def test_stripe_callbacks_we_do_not_use(body: bytes, reason: str) -> None:
     finally:
         await gateway.aclose()
     assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("key", ["idempotency_key", "headers", "stripe_account", "base"])
+async def test_stripe_creates_refuse_parameters_the_sdk_would_take_as_options(key: str) -> None:
+    """Creates go through the SDK's raw request, which reads these keys as request options
+    (our Idempotency-Key among them): one among the parameters is refused before anything
+    is sent, instead of silently changing the request."""
+    from paystream_gateways import ClientOptions, Credentials
+    from paystream_gateways.stripe_gateway import StripeGateway
+
+    gateway = StripeGateway(
+        Credentials({"api_key": "sk_test_x", "webhook_secret": "w"}), ClientOptions()
+    )
+    try:
+        with pytest.raises(ValueError, match=key):
+            await gateway._create("/v1/payment_intents", {"amount": 100, key: "x"}, "k-1")
+    finally:
+        await gateway.aclose()

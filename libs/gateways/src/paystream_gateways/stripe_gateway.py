@@ -180,6 +180,23 @@ def _decline_or_raise(exc: stripe.StripeError, *, withdrawal: bool = False) -> D
     raise Ambiguous(PROVIDER, reason, message, code=code, http_status=status) from exc
 
 
+# What `StripeClient.raw_request_async` reads as options, not parameters (stripe's
+# extract_options_from_dict, and `base`).
+_RAW_REQUEST_OPTIONS = frozenset(
+    {
+        "api_key",
+        "stripe_version",
+        "stripe_account",
+        "stripe_context",
+        "max_network_retries",
+        "idempotency_key",
+        "content_type",
+        "headers",
+        "base",
+    }
+)
+
+
 class _HTTPXOverAiohttp(stripe.HTTPXClient):
     """The SDK's httpx client, with aiohttp's connections under httpx (`aiohttp_pool`: a
     fraction of httpcore's CPU per call). The SDK keeps talking httpx, so its error
@@ -262,8 +279,12 @@ class StripeGateway:
         The SDK's raw request is its typed `create_async` without building StripeObjects
         we would only turn back into a dict (a sixth of the SDK's CPU per call): the same
         form encoding, headers, and errors raised for every non-2xx answer."""
-        if "idempotency_key" in params:  # raw_request would take it for the header
-            raise ValueError("idempotency_key is not a Stripe parameter")
+        # raw_request takes these keys out of the parameters as request options (the
+        # Idempotency-Key header among them): one in `params` would silently change the
+        # request instead of being sent.
+        taken = _RAW_REQUEST_OPTIONS.intersection(params)
+        if taken:
+            raise ValueError(f"not Stripe parameters here: {sorted(taken)}")
         response = await self._client.raw_request_async(
             "post", path, idempotency_key=idempotency_key, **params
         )
