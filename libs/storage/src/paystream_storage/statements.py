@@ -194,12 +194,12 @@ class StatementQueue:
     """Statements for one connection, sent when a result is read or `flush()` is called.
 
     A statement with parameters is prepared on the server the first time this connection
-    sends it (`PREPARE`, in the same batch) and then sent as `EXECUTE name(literals...)`
-    (so each parameter must be typed by its context or a cast: a bare `SELECT %s` is
-    prepared as text):
-    the server parses and plans it once per connection, as with psycopg's prepared
+    sends it (`PREPARE`, in the same batch) and then sent as `EXECUTE name(literals...)`,
+    so the server parses and plans it once per connection, as with psycopg's prepared
     statements (without it, planning every statement every time cost the server about as
-    much CPU as the client saved, measured with one transaction per unit).
+    much CPU as the client saved, measured with one transaction per unit). Each parameter
+    must therefore be typed by its context or a cast: a bare `SELECT %s` is prepared as
+    text.
 
     A statement that fails stops its batch (PostgreSQL runs none of the rest) and the
     error is raised by the read that sent it; the transaction is then aborted, so the
