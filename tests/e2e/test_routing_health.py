@@ -12,9 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.route_commands import routes
 from tests.e2e.stack import TERMINAL, Stack, running_stack
 from tests.support.polling import wait_for
 
@@ -43,28 +41,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def paystream(stack: Stack, *args: str) -> str:
-    """The real command line beside the stack, with the workers' routing settings."""
-    env = {
-        **os.environ,
-        **ROUTING,
-        "PAYSTREAM_DATABASE_URL": stack.env["PAYSTREAM_DATABASE_URL"],
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "paystream_cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+def paystream_routes(stack: Stack, *args: str) -> str:
+    """`paystream routes ...` beside the stack, with the workers' routing settings."""
+    return routes(stack, *args, **ROUTING).stdout
 
 
 def explain(stack: Stack, country: str, kind: str, currency: str) -> list[dict[str, Any]]:
     order: list[dict[str, Any]] = json.loads(
-        paystream(stack, "routes", "explain", country, kind, currency, "--json")
+        paystream_routes(stack, "explain", country, kind, currency, "--json")
     )["order"]
     return order
 
@@ -208,7 +192,7 @@ def test_a_declining_gateway_is_demoted_until_it_recovers(stack: Stack) -> None:
 
 
 def test_a_70_30_weight_split_holds_over_1000_deposits(stack: Stack) -> None:
-    paystream(stack, "routes", "set", "US", "deposit", "stripe:70,jsonpay:30", "--actor", "e2e")
+    paystream_routes(stack, "set", "US", "deposit", "stripe:70,jsonpay:30", "--actor", "e2e")
     [stripe, jsonpay] = explain(stack, "US", "deposit", "USD")
     assert (stripe["gateway"], stripe["share"], jsonpay["gateway"], jsonpay["share"]) == (
         "stripe",
@@ -217,7 +201,7 @@ def test_a_70_30_weight_split_holds_over_1000_deposits(stack: Stack) -> None:
         0.3,
     )
     assert stripe["reason"] == "priority 1; weight 70 of 100 (share 70%)"
-    text = paystream(stack, "routes", "explain", "US", "deposit", "USD").splitlines()
+    text = paystream_routes(stack, "explain", "US", "deposit", "USD").splitlines()
     assert text[2].split()[:5] == ["1", "stripe", "1", "70", "70%"], text
     assert text[3].split()[:5] == ["2", "jsonpay", "1", "30", "30%"], text
     run = send_many(stack, "US", "USD", 1000)
