@@ -32,7 +32,7 @@ modules read their own payments and traces, and the metrics; none changes faults
 breakers or routes. test_audit.py runs last on it (marked `stack_last`): it kills the
 gateway worker (a killed writer may leave a half-written line in the span file) and
 leaves an outcome event deleted. test_routing_health.py keeps a stack of its own: its
-12 s health window leaves no room for the CPU the observed stack's settings take.
+short health window (20 s) leaves no room for the CPU the observed stack's settings take.
 """
 
 from __future__ import annotations
