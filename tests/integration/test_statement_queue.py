@@ -126,36 +126,103 @@ async def test_statements_are_prepared_once_per_connection_even_after_a_failed_b
     assert len(await prepared()) == 3
 
 
-async def test_row_sets_join_by_index_not_by_scanning_whole_tables(database_url: str) -> None:
-    """A set of rows is estimated at 10 (paystream_rows, migration 0015), so updating a few
-    transactions looks them up by key: with jsonb_array_elements' fixed estimate of 100 the
-    planner hashed a sequential scan of the whole table, in every unit."""
-    async with await psycopg.AsyncConnection.connect(libpq(database_url), autocommit=True) as conn:
-        tenant = uuid.uuid4()
-        await conn.execute("INSERT INTO tenants (id, name) VALUES (%s, 't')", (tenant,))
-        await conn.execute(
-            "INSERT INTO accounts (tenant_id, id, country)"
-            " SELECT %s, 'a' || g, 'DE' FROM generate_series(1, 5000) AS g",
-            (tenant,),
-        )
-        await conn.execute(
-            "INSERT INTO transactions (id, tenant_id, account_id, type, status, version,"
-            " amount_minor, currency, country, idempotency_key, payload_hash)"
-            " SELECT gen_random_uuid(), %s, 'a' || g, 'deposit', 'processing', 1, 100, 'EUR',"
-            " 'DE', 'k' || g, 'h' FROM generate_series(1, 5000) AS g",
-            (tenant,),
-        )
-        await conn.execute("ANALYZE transactions")
-        # The two statements that join a row set to transactions (the table filled here).
-        for name in ("_UPDATE_TRANSACTIONS", "_ADD_ATTEMPTS"):
-            sql = getattr(payments, name)
+# Tables the payment units read or change by key, filled here: a sequential scan of one of
+# them grows with the table, in every unit.
+_KEYED = ("transactions", "attempts", "balances", "accounts")
+
+
+def _unit_statements() -> list[tuple[str, str]]:
+    """Every statement of the payment units: the module's SQL constants with parameters."""
+    found = [
+        (name, value)
+        for name, value in vars(payments).items()
+        if name.startswith("_")
+        and name.isupper()
+        and isinstance(value, str)
+        and "%s" in value
+        and value.split(None, 1)[0].upper() in {"SELECT", "INSERT", "UPDATE", "WITH"}
+    ]
+    found.append(("_ATTEMPTS FOR UPDATE", payments._ATTEMPTS + " FOR UPDATE"))
+    return found
+
+
+async def test_no_unit_statement_scans_a_whole_table_in_its_generic_plan(
+    database_url: str,
+) -> None:
+    """Each unit statement is prepared once per connection, and after five executions
+    PostgreSQL may keep a generic plan, made without the parameters' values, as the app
+    role under row-level security. Two things made those plans scan whole tables: row sets
+    estimated at 100 rows (jsonb_array_elements; paystream_rows, migration 0015, says 10),
+    and row-set columns flattened into join conditions, which under row-level security
+    cannot be index conditions because ->> and the casts are not leakproof (rowset's
+    OFFSET 0). Both grew PostgreSQL's CPU per payment with the table."""
+    async with await psycopg.AsyncConnection.connect(
+        libpq(database_url), autocommit=True, prepare_threshold=None
+    ) as conn:
+        tenant, connection = uuid.uuid4(), uuid.uuid4()
+        for sql, params in [
+            ("INSERT INTO tenants (id, name) VALUES (%s, 't')", (tenant,)),
+            ("INSERT INTO countries VALUES ('DE', 'Germany') ON CONFLICT DO NOTHING", ()),
+            (
+                "INSERT INTO gateways (code, provider, name, currencies)"
+                " VALUES ('stripe', 'stripe', 'Stripe', '{EUR}') ON CONFLICT DO NOTHING",
+                (),
+            ),
+            (
+                "INSERT INTO connections (id, tenant_id, gateway_code, code,"
+                " credentials_ciphertext, credentials_key_id)"
+                " VALUES (%s, %s, 'stripe', 'main', '\\x00', 'k1')",
+                (connection, tenant),
+            ),
+            (
+                "INSERT INTO accounts (tenant_id, id, country)"
+                " SELECT %s, 'a' || g, 'DE' FROM generate_series(1, 5000) AS g",
+                (tenant,),
+            ),
+            (
+                "INSERT INTO balances (tenant_id, account_id, currency)"
+                " SELECT %s, 'a' || g, 'EUR' FROM generate_series(1, 5000) AS g",
+                (tenant,),
+            ),
+            (
+                "INSERT INTO transactions (id, tenant_id, account_id, type, status, version,"
+                " amount_minor, currency, country, idempotency_key, payload_hash,"
+                " provider_reference)"
+                " SELECT gen_random_uuid(), %s, 'a' || g, 'deposit', 'processing', 1, 100,"
+                " 'EUR', 'DE', 'k' || g, 'h', 'ref' || g FROM generate_series(1, 5000) AS g",
+                (tenant,),
+            ),
+            (
+                "INSERT INTO attempts (id, tenant_id, transaction_id, seq, gateway_code,"
+                " connection_id, idempotency_key, status, provider_reference)"
+                " SELECT gen_random_uuid(), tenant_id, id, 1, 'stripe', %s, 'i' || id,"
+                " 'pending', provider_reference FROM transactions WHERE tenant_id = %s",
+                (connection, tenant),
+            ),
+        ]:
+            await conn.execute(sql, params)
+        for table in _KEYED:
+            await conn.execute(f"ANALYZE {table}")
+        scans = {}
+        for name, sql in _unit_statements():
             count = sql.count("%s")
             body = sql % tuple(f"${i + 1}" for i in range(count))
-            await conn.execute(f"PREPARE check_plan AS {body}")
-            await conn.execute("SET plan_cache_mode = force_generic_plan")
-            cursor = await conn.execute(
-                f"EXPLAIN EXECUTE check_plan({', '.join(['NULL'] * count)})"
-            )
-            plan = "\n".join(row[0] for row in await cursor.fetchall())
-            await conn.execute("DEALLOCATE check_plan")
-            assert "Seq Scan on transactions" not in plan, (name, plan)
+            async with conn.transaction(force_rollback=True):
+                # As a unit runs: the app role, one tenant in scope (row-level security on).
+                await conn.execute(
+                    "SELECT set_config('role', 'paystream_app', true),"
+                    " set_config('paystream.tenant_id', %s, true)",
+                    (str(tenant),),
+                )
+                await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                await conn.execute(f"PREPARE check_plan AS {body}")
+                cursor = await conn.execute(
+                    f"EXPLAIN EXECUTE check_plan({', '.join(['NULL'] * count)})"
+                )
+                plan = "\n".join(row[0] for row in await cursor.fetchall())
+                await conn.execute("DEALLOCATE check_plan")
+            scanned = [t for t in _KEYED if f"Seq Scan on {t} " in plan]
+            if scanned:
+                scans[name] = (scanned, plan)
+        assert len(_unit_statements()) > 30  # the constants are still found
+        assert not scans, scans

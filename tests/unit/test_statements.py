@@ -84,7 +84,7 @@ def test_rowset_reads_columns_in_order() -> None:
     sql = rowset("uuid", "jsonb", "bigint")
     assert sql == (
         "(SELECT (r->>0)::uuid, NULLIF(r->1, 'null'::jsonb), (r->>2)::bigint"
-        " FROM paystream_rows(%s::jsonb) AS r)"
+        " FROM paystream_rows(%s::jsonb) AS r OFFSET 0)"
     )
 
 
