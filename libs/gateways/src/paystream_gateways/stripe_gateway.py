@@ -22,7 +22,7 @@ import httpx
 import stripe
 
 from paystream_core.statuses import TransactionType
-from paystream_gateways.aiohttp_pool import AiohttpTransport
+from paystream_gateways.aiohttp_pool import AiohttpTransport, skip_cookieless_responses
 from paystream_gateways.credentials import Credentials
 from paystream_gateways.destinations import (
     BANK,
@@ -207,7 +207,9 @@ class _HTTPXOverAiohttp(stripe.HTTPXClient):
     def __init__(self, timeout: httpx.Timeout) -> None:
         super().__init__(timeout=timeout)
         verify = ssl.create_default_context(cafile=stripe.ca_bundle_path)
-        self._client_async = httpx.AsyncClient(transport=AiohttpTransport(verify))
+        self._client_async = skip_cookieless_responses(
+            httpx.AsyncClient(transport=AiohttpTransport(verify))
+        )
 
 
 class StripeGateway:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from paystream_gateways.aiohttp_pool import AiohttpTransport
+from paystream_gateways.aiohttp_pool import AiohttpTransport, skip_cookieless_responses
 from paystream_gateways.errors import (
     Ambiguous,
     AmbiguousReason,
@@ -33,12 +33,13 @@ def new_client(options: ClientOptions, base_url: str = "") -> httpx.AsyncClient:
     # No redirects: a payment API that redirects a POST is misconfigured, and following it
     # could send the request (and its signature) somewhere else. A 3xx is classified as
     # not executed by the adapters: the endpoint that would process it never ran.
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         base_url=base_url,
         timeout=timeouts(options),
         follow_redirects=False,
         transport=AiohttpTransport(),
     )
+    return skip_cookieless_responses(client)
 
 
 def classify_transport_error(provider: str, exc: BaseException) -> GatewayError:
