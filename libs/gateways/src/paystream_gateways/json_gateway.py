@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+
 from paystream_core.statuses import TransactionType
 from paystream_gateways import signing
 from paystream_gateways.credentials import Credentials
@@ -105,6 +107,9 @@ class JsonGateway:
         # The previous secret still verifies while the provider switches to the new one.
         self._webhook_secrets = webhook_secrets(credentials)
         self._options = options
+        # The create endpoints' URLs, merged with the base URL once (httpx parses and merges
+        # a str path on every request): as httpx merges them, so the signed path is the same.
+        self._create_urls: dict[str, httpx.URL] = {}
 
     def __repr__(self) -> str:
         return f"JsonGateway(merchant={self._merchant!r})"
@@ -137,8 +142,12 @@ class JsonGateway:
             body["return_url"] = request.return_url
         if kind == TransactionType.WITHDRAWAL:
             body["destination"] = dict(request.destination or {})
+        path = f"/v1/{_COLLECTIONS[kind]}"
+        url = self._create_urls.get(path)
+        if url is None:
+            url = self._create_urls[path] = self._client.build_request("POST", path).url
         status, payload = await self._call(
-            "POST", f"/v1/{_COLLECTIONS[kind]}", body, idempotency_key=request.idempotency_key
+            "POST", url, body, idempotency_key=request.idempotency_key
         )
         if status not in (200, 201):
             raise self._error(status, payload)
@@ -174,7 +183,7 @@ class JsonGateway:
     async def _call(
         self,
         method: str,
-        path: str,
+        path: str | httpx.URL,
         body: dict[str, Any] | None = None,
         *,
         params: dict[str, str] | None = None,

@@ -37,6 +37,10 @@ def nesting_depth_exceeds(data: bytes, max_depth: int) -> bool:
     which leaves few runs of the cheapest hostile shapes ("[][][]..."). A signed body is
     needed to get here, but the callback worker parses it again: 256 KiB of brackets
     costs at most a few tens of milliseconds."""
+    if data.count(b"[") + data.count(b"{") <= max_depth:
+        # Depth cannot exceed the number of opening brackets (those in strings included):
+        # every provider answer ends here, before the regular expression's pass.
+        return False
     brackets = _STRINGS.sub(b"", data).translate(_SQUARE, _NOT_BRACKETS)
     if max_depth < 1:
         return b"[" in brackets

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from xml.etree.ElementTree import Element
 
+import httpx
+
 from paystream_core.statuses import TransactionType
 from paystream_gateways import signing
 from paystream_gateways.credentials import Credentials
@@ -138,6 +140,7 @@ class SoapGateway:
     def __init__(self, credentials: Credentials, options: ClientOptions) -> None:
         self._endpoint = credentials["endpoint_url"]
         self._client = new_client(options)  # the endpoint is a full URL, not a base
+        self._endpoint_url: httpx.URL | None = None  # parsed once (httpx would per request)
         self._merchant = credentials["merchant_id"]
         self._api_secret = credentials["api_secret"]
         # The previous secret still verifies while the provider switches to the new one.
@@ -212,9 +215,11 @@ class SoapGateway:
         if idempotency_key:
             auth["IdempotencyKey"] = idempotency_key
         body = envelope(auth, op)
+        if self._endpoint_url is None:
+            self._endpoint_url = httpx.URL(self._endpoint)
         req = self._client.build_request(
             "POST",
-            self._endpoint,
+            self._endpoint_url,
             content=body,
             headers={
                 "Content-Type": "text/xml; charset=utf-8",
