@@ -492,3 +492,52 @@ def test_a_record_nested_past_the_parser_is_not_json_not_a_crash(
     chosen = record.headers if headers == "binary" else STRUCTURED_HEADERS
     reason = reason_of(EventNotJSON, registry, record.key, value, chosen)
     assert "nested too deeply" in reason
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "none",
+        "no key",
+        "extension",
+        "utc time",
+        "no traceparent",
+        "ce datacontenttype",
+        "utf-16 value",
+    ],
+)
+def test_binary_decoding_without_the_sdk_agrees_with_it(
+    change: str,
+    event: Event,
+    registry: SchemaRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Valid binary records skip building the SDK's event; what comes out is the same."""
+    from paystream_messaging import cloudevents_codec
+
+    record = encode(event, registry)
+    key: bytes | None = record.key
+    value = record.value
+    headers = list(record.headers)
+    if change == "no key":
+        key = None
+    elif change == "extension":
+        headers.append(("ce_retrycount2", b"1"))
+    elif change == "utc time":
+        headers = [(n, b"2025-01-15T08:30:00Z" if n == "ce_time" else v) for n, v in headers]
+    elif change == "no traceparent":
+        headers = [(n, v) for n, v in headers if n != "ce_traceparent"]
+    elif change == "ce datacontenttype":
+        headers.append(("ce_datacontenttype", b"application/json"))
+    elif change == "utf-16 value":
+        value = value.decode().encode("utf-16")
+
+    def outcome() -> Event | str:
+        try:
+            return decode(key, value, headers, registry)
+        except InvalidEvent as exc:
+            return f"{type(exc).__name__}: {exc.reason}"
+
+    fast = outcome()
+    monkeypatch.setattr(cloudevents_codec, "_as_sdk_would", lambda *_: None)
+    assert fast == outcome()
