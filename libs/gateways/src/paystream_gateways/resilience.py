@@ -8,7 +8,6 @@ with every worker, with an admission step (the half-open probe lease) before pyb
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import pybreaker
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_base
 
 from paystream_gateways.errors import Ambiguous, AmbiguousReason, NotExecuted, NotExecutedReason
 
@@ -58,14 +59,21 @@ class AdmittingBreaker(pybreaker.CircuitBreaker):
         """Told what a failing call raised, just before pybreaker counts it."""
 
 
-def _backoff_s(attempt: int, exc: BaseException, base: float, cap: float) -> float:
-    """Before retry `attempt` + 1: exponential with full jitter, but never shorter than a
-    Retry-After we were given."""
-    delay = random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
-    retry_after = getattr(exc, "retry_after_s", None)
-    if isinstance(retry_after, int | float):
-        delay = max(delay, min(float(retry_after), cap))
-    return delay
+class _Backoff(wait_base):
+    """Exponential with full jitter, but never shorter than a Retry-After we were given."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base, self.cap = base, cap
+
+    def __call__(self, retry_state: object) -> float:
+        attempt = getattr(retry_state, "attempt_number", 1)
+        delay = random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        outcome = getattr(retry_state, "outcome", None)
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        retry_after = getattr(exc, "retry_after_s", None)
+        if isinstance(retry_after, int | float):
+            delay = max(delay, min(float(retry_after), self.cap))
+        return delay
 
 
 async def call_with_resilience(
@@ -82,33 +90,29 @@ async def call_with_resilience(
 
     A retry refused before it ran (breaker open, connection refused) after an earlier try
     was ambiguous proves nothing about that earlier try: the answer stays Ambiguous, so the
-    caller looks the key up instead of falling back to another gateway.
-
-    A plain loop, not tenacity: its per-call setup (retry state, action chain, coroutine
-    inspection) was ~3% of the gateway worker's CPU, paid on every call."""
+    caller looks the key up instead of falling back to another gateway."""
     earlier: Ambiguous | None = None
-    attempt = 1
-    while True:
-        try:
-            return await _try_once(breaker, call, gateway)
-        except Ambiguous as exc:
-            earlier = exc
-            if attempt >= attempts:
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=_Backoff(base_s, max_s),
+        retry=retry_if_exception_type(Ambiguous),
+        reraise=True,
+    ):
+        with attempt:
+            try:
+                return await _try_once(breaker, call, gateway)
+            except Ambiguous as exc:
+                earlier = exc
                 raise
-            await asyncio.sleep(_backoff_s(attempt, exc, base_s, max_s))
-            attempt += 1
-        except NotExecuted as exc:
-            if earlier is None:
-                raise
-            ambiguous = Ambiguous(
-                gateway,
-                earlier.reason,
-                f"{earlier.message}; the retry was not executed ({exc.reason})",
-            )
-            if attempt >= attempts:
-                raise ambiguous from exc
-            await asyncio.sleep(_backoff_s(attempt, ambiguous, base_s, max_s))
-            attempt += 1
+            except NotExecuted as exc:
+                if earlier is None:
+                    raise
+                raise Ambiguous(
+                    gateway,
+                    earlier.reason,
+                    f"{earlier.message}; the retry was not executed ({exc.reason})",
+                ) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _try_once(
