@@ -7,6 +7,7 @@ imports this module, and every heavy import waits until a command runs.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NoReturn, TypeVar
@@ -88,11 +89,21 @@ async def find_tenant(session: AsyncSession, tenant: str) -> Tenant | None:
     return await session.get(Tenant, as_uuid)
 
 
+def name_database_sessions(process: str) -> None:
+    """Every PostgreSQL session this process opens from now on (and those of its child
+    processes) carries `paystream-<process>` as its application_name: libpq reads PGAPPNAME.
+    So pg_stat_activity, lock waits and the server's log (`%a`) say which service a backend
+    serves; without it, an operator had to match backends to services by client port. A
+    PGAPPNAME the operator set, or an application_name in the URL, wins."""
+    os.environ.setdefault("PGAPPNAME", f"paystream-{process}")
+
+
 def run_service(process: str, run: Callable[[], object]) -> None:
     """Run a service's entry point with the log format of `process`; invalid settings fail."""
     from paystream_config import SettingsError
 
     logs.setup(process)
+    name_database_sessions(process)
     try:
         run()
     except SettingsError as exc:
