@@ -96,3 +96,10 @@ def test_attached_bench_accounts_for_every_request(shared_stack: Stack) -> None:
         assert run["cpu"][group]["processes"] >= 1, group
     everything = run["cpu"]["everything"]["cpu_ms"]
     assert everything >= run["cpu"]["paystream_services_total"]["cpu_ms"]
+    # PostgreSQL's line split by the service each backend serves adds up to it, and the
+    # services' sessions are named after them.
+    by_client = run["postgresql_by_client"]
+    assert "paystream-gateway-worker" in by_client, by_client
+    assert by_client["paystream-gateway-worker"]["cpu_ms"] > 0, by_client
+    split = sum(client["cpu_ms"] for client in by_client.values())
+    assert split == pytest.approx(run["cpu"]["postgresql"]["cpu_ms"], abs=0.01), by_client

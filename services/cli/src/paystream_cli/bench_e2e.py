@@ -76,6 +76,7 @@ import psutil
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
+from paystream_cli.bench_pg_clients import PgClients
 from paystream_cli.bench_stack import private_env, start_dev
 from paystream_cli.bench_worker import CURRENCY
 from paystream_devinfra import free_port
@@ -508,6 +509,8 @@ class OutcomeReader:
 
 Key = tuple[int, float]  # (pid, create time): a reused pid is another process
 Discovery = Callable[[], Iterator[tuple[psutil.Process, str]]]
+# (pid, create time) of a PostgreSQL process -> the service it serves (bench_pg_clients)
+ClientOf = Callable[[int, float], str]
 
 
 @dataclass(frozen=True)
@@ -515,6 +518,7 @@ class _Seen:
     label: str
     cpu_s: float
     at: float  # when this sample was taken (monotonic)
+    client: str = ""  # a PostgreSQL process: the service it serves
 
 
 @dataclass(frozen=True)
@@ -531,6 +535,7 @@ class Use:
     processes: int = 0
     new_processes: int = 0
     cpu_s: float = 0.0
+    by_client: dict[str, float] = field(default_factory=dict)  # PostgreSQL: per service
 
 
 class CpuSampler:
@@ -540,8 +545,9 @@ class CpuSampler:
     PostgreSQL backend, a restarted service): it keeps its last sample.
     """
 
-    def __init__(self, discover: Discovery) -> None:
+    def __init__(self, discover: Discovery, client_of: ClientOf | None = None) -> None:
         self._discover = discover
+        self._client_of = client_of
         self._seen: dict[Key, _Seen] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -568,7 +574,10 @@ class CpuSampler:
                     key = (proc.pid, proc.create_time())
                 except psutil.Error:  # gone: its last sample stands
                     continue
-                self._seen[key] = _Seen(label, times.user + times.system, time.monotonic())
+                client = ""
+                if label == "postgresql" and self._client_of is not None:
+                    client = self._client_of(*key)
+                self._seen[key] = _Seen(label, times.user + times.system, time.monotonic(), client)
 
     def mark(self) -> Mark:
         at = time.monotonic()
@@ -619,7 +628,10 @@ def usage(begin: Mark, end: Mark) -> dict[str, Use]:
         use = out[seen.label]
         use.processes += 1
         use.new_processes += start is None
-        use.cpu_s += seen.cpu_s - (start.cpu_s if start else 0.0)
+        cpu_s = seen.cpu_s - (start.cpu_s if start else 0.0)
+        use.cpu_s += cpu_s
+        if seen.client:
+            use.by_client[seen.client] = use.by_client.get(seen.client, 0.0) + cpu_s
     return out
 
 
@@ -1045,6 +1057,8 @@ class RunFigures:
     window_s: float
     machine: MachineCpu
     cpu: dict[str, GroupCpu]
+    # PostgreSQL's line split by the service each backend serves (application_name)
+    postgresql_by_client: dict[str, GroupCpu] = field(default_factory=dict)
     passed: bool | None = None
     failed_because: list[str] = field(default_factory=list)
 
@@ -1119,6 +1133,7 @@ def _figures(
         window_s=end.at - begin.at,
         machine=_machine(begin, end, sum(use.cpu_s for use in load.values())),
         cpu=_cpu(session, load, end.at - begin.at, terminal),
+        postgresql_by_client=_pg_clients_cpu(session, load, end.at - begin.at, terminal),
     )
 
 
@@ -1159,6 +1174,26 @@ def _cpu(
     rows = {group: row([group]) for group in GROUPS}
     rows[SERVICES_TOTAL] = row(key for key, _ in SERVICE_GROUPS)
     rows[EVERYTHING] = row(GROUPS)
+    return rows
+
+
+def _pg_clients_cpu(
+    session: Session, load: dict[str, Use], window_s: float, payments: int
+) -> dict[str, GroupCpu]:
+    """PostgreSQL's CPU per service its backends serve, busiest first."""
+    busy, idle = load["postgresql"].by_client, session.idle.get("postgresql", Use()).by_client
+    rows = {}
+    for client in sorted(busy, key=lambda c: -busy[c]):
+        cpu_s = busy[client]
+        rows[client] = GroupCpu(
+            processes=0,
+            new_processes=0,
+            idle_processes=0,
+            idle_percent_core=_percent(idle.get(client, 0.0), session.idle_window_s),
+            percent_core=_percent(cpu_s, window_s),
+            cpu_ms=cpu_s * 1000,
+            ms_per_payment=cpu_s * 1000 / payments if payments else None,
+        )
     return rows
 
 
@@ -1261,7 +1296,9 @@ def _bench(opts: Options) -> dict[str, Any]:
             tree_discovery([target.dev], extra) if target.dev else scan_discovery(target.env, extra)
         )
         outcomes = stack.enter_context(OutcomeReader(target.env))
-        sampler = stack.enter_context(CpuSampler(discover))
+        clients = PgClients(target.env["PAYSTREAM_DATABASE_URL"])
+        stack.callback(clients.close)
+        sampler = stack.enter_context(CpuSampler(discover, clients.name))
         session = Session(opts, target, outcomes, sampler)
         _warm_up(session)
         _measure_idle(session)
@@ -1381,6 +1418,11 @@ def _print_cpu(r: RunFigures, session: Session) -> None:
         rows.append(
             [titles[key], procs, f"{g.idle_percent_core:.1f}", f"{g.percent_core:.1f}", per]
         )
+        if key == "postgresql":
+            for client, c in r.postgresql_by_client.items():
+                per = "-" if c.ms_per_payment is None else f"{c.ms_per_payment:.1f}"
+                idle_core, load_core = f"{c.idle_percent_core:.1f}", f"{c.percent_core:.1f}"
+                rows.append([f"  for {client}", "", idle_core, load_core, per])
     idle, load = session.idle_machine, r.machine
     assert idle is not None  # measured before any run
     for title, name in MACHINE_ROWS:
