@@ -107,6 +107,12 @@ CALLBACKS_QUIET_S = 1.0
 # uvicorn closes a keep-alive connection after 5 s idle; reusing one just then would race.
 KEEPALIVE_IDLE_S = 4.0
 SAMPLE_INTERVAL_S = 0.5
+# librdkafka's broker thread sleeps up to a second while every partition is paused, and a
+# resume does not wake it: after the idle measurement, the first outcomes of a run were read
+# up to ~1 s after they were published (a record produced right after a 12 s pause was read
+# after 950-1,000 ms; after 1.2 s of polling, after 2 ms), which made the bench's own
+# wake-up the p99 of a 30 s run. The reader polls this long before the load starts.
+RESUME_SETTLE_S = 1.2
 
 # (key, title): paystream services first; their sum is "paystream services total".
 SERVICE_GROUPS = (
@@ -412,6 +418,7 @@ class OutcomeReader:
         # While set, the reader fetches nothing: the idle measurement is of the stack alone,
         # not of a 5 ms fetch loop that makes the broker spin.
         self.paused = threading.Event()
+        self._resumed = threading.Event()  # the consumer is fetching (not paused)
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="bench-outcomes", daemon=True)
 
@@ -441,6 +448,8 @@ class OutcomeReader:
                 if self.paused.is_set() != paused:
                     paused = self.paused.is_set()
                     (consumer.pause if paused else consumer.resume)(consumer.assignment())
+                if not paused:
+                    self._resumed.set()
                 # poll() returns as soon as one record is there; consume(n, timeout) would
                 # wait for n records or the whole timeout and blur the arrival time.
                 msg = consumer.poll(0.05)
@@ -483,6 +492,17 @@ class OutcomeReader:
             self._waiting.discard(txn)
             if not self._waiting:
                 self._changed.notify_all()
+
+    def pause(self) -> None:
+        self._resumed.clear()
+        self.paused.set()
+
+    def resume(self) -> None:
+        """Fetch again, and return once the reader reads outcomes as soon as they come."""
+        self.paused.clear()
+        if not self._resumed.wait(READER_READY_S):
+            raise BenchError(f"outcome consumer not resumed: {self._failure or 'timeout'}")
+        time.sleep(RESUME_SETTLE_S)  # see RESUME_SETTLE_S: nothing observable to wait for
 
     def wait_terminal(self, txns: Iterable[str], timeout: float) -> bool:
         """Until every one of `txns` has a terminal outcome, or `timeout`; True if all did."""
@@ -1004,13 +1024,13 @@ def _warm_up(session: Session) -> None:
 
 def _measure_idle(session: Session) -> None:
     _say(f"idle CPU over {session.opts.idle_s:g} s")
-    session.outcomes.paused.set()
+    session.outcomes.pause()
     try:
         begin = session.sampler.mark()
         time.sleep(session.opts.idle_s)  # the measuring interval itself, not a wait for anything
         end = session.sampler.mark()
     finally:
-        session.outcomes.paused.clear()
+        session.outcomes.resume()
     session.idle = usage(begin, end)
     session.idle_window_s = end.at - begin.at
     session.idle_machine = _machine(begin, end, sum(use.cpu_s for use in session.idle.values()))
