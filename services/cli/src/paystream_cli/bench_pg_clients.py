@@ -14,9 +14,15 @@ from typing import Any
 
 import psycopg
 
+from paystream_config import DatabaseSettings
+
 BENCH_APPLICATION_NAME = "paystream-bench"
 # A process of the server itself (postmaster, WAL writer, ...) or a session that set no name.
 SERVER = "server and unnamed sessions"
+# A session is listed a moment before its name is (authentication, then the startup
+# options): one listed without a name is asked again at this many samples before it counts
+# as unnamed, rather than staying misfiled for the whole run.
+UNNAMED_TRIES = 3
 
 
 class PgClients:
@@ -25,22 +31,28 @@ class PgClients:
     be asked."""
 
     def __init__(self, database_url: str) -> None:
-        _, _, rest = database_url.partition("://")
-        self._url = f"postgresql://{rest}"
+        self._url = DatabaseSettings(database_url=database_url).libpq_url
         self._named: dict[tuple[int, float], str] = {}  # (pid, start time): a pid reused
         self._listed: dict[int, str] = {}  # pid -> name, as last listed
+        self._unnamed_tries: dict[tuple[int, float], int] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._broken = False
 
     def name(self, pid: int, started: float) -> str:
         key = (pid, started)
-        if key not in self._named:
-            if pid not in self._listed:
-                self._refresh()
-            # A pid the server does not list is one of its own processes (the postmaster);
-            # a session's name comes in its startup packet, so it is listed named at once.
-            self._named[key] = self._listed.get(pid) or SERVER
-        return self._named[key]
+        if key in self._named:
+            return self._named[key]
+        if not self._listed.get(pid):
+            self._refresh()
+        name = self._listed.get(pid)
+        if name is None or name or self._broken:
+            # Not listed: one of the server's own processes (the postmaster).
+            self._named[key] = name or SERVER
+        else:
+            tries = self._unnamed_tries[key] = self._unnamed_tries.get(key, 0) + 1
+            if tries >= UNNAMED_TRIES:
+                self._named[key] = SERVER
+        return self._named.get(key, SERVER)
 
     def _refresh(self) -> None:
         if self._broken:

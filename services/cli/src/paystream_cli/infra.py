@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from paystream_devinfra import EmbeddedKafka, EmbeddedPostgres
 
@@ -28,7 +30,7 @@ class Infra:
 # growing with the tables. Looking every second keeps the statistics as representative as
 # those of a database that has been running for a while (ANALYZE of a small table is
 # cheap; a large one is analyzed after 10% more rows, the default scale factor).
-EMBEDDED_SETTINGS = {"autovacuum_naptime": "1s"}
+EMBEDDED_SETTINGS: Final[Mapping[str, str]] = {"autovacuum_naptime": "1s"}
 
 
 def open_infra(stack: contextlib.ExitStack, home: Path, *, fsync: bool = True) -> Infra:
