@@ -1,16 +1,23 @@
 """The adapters' HTTP transport (httpx over aiohttp's connections, `aiohttp_pool`) on the
 wire: what a provider sends back in ways the sandbox does not (chunked and compressed
-answers, redirects, a connection dropped after the request arrived), over real sockets."""
+answers, redirects, a connection dropped after the request arrived, a kept-alive
+connection closed just as a request is written on it), over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
+import itertools
 import json
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from paystream_gateways import (
@@ -21,8 +28,9 @@ from paystream_gateways import (
     NotExecuted,
     Succeeded,
 )
+from paystream_gateways.aiohttp_pool import _MAX_RESENDS, AiohttpTransport
 from paystream_gateways.json_gateway import JsonGateway
-from tests.integration.gateways.conftest import payment
+from tests.integration.gateways.conftest import PROVIDERS, make_case, payment
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +86,88 @@ def _raw_server(
         server.close()
 
 
+@dataclass(frozen=True)
+class Seen:
+    connection: int  # in the order the server accepted them
+    number: int  # of the request on its connection, from 0
+    request: bytes
+
+    @property
+    def idempotency_key(self) -> bytes | None:
+        for line in self.request.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"idempotency-key":
+                return value.strip()
+        return None
+
+    @property
+    def body(self) -> bytes:
+        return self.request.partition(b"\r\n\r\n")[2]
+
+
+_ANSWER = json.dumps(_PAYMENT).encode()
+
+
+@contextmanager
+def _keepalive_server(
+    drop: Callable[[int, int], bool], *, first_together: int = 1
+) -> Iterator[tuple[str, list[Seen]]]:
+    """An HTTP/1.1 server that keeps its connections open, one thread each. Request `n` on
+    connection `c` is answered (200, a payment) unless `drop(c, n)`: then the connection is
+    closed unanswered, as a server does when its idle timeout ends just as the request
+    arrives. The first requests of the first `first_together` connections are answered
+    only once all of them arrived (so that the client holds that many connections)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    seen: list[Seen] = []
+    stop = threading.Event()
+    together = threading.Barrier(first_together)
+    threads: list[threading.Thread] = []
+
+    def serve(conn: socket.socket, c: int) -> None:
+        with conn:
+            for n in itertools.count():
+                request = _read_request(conn)
+                if not request:
+                    return
+                seen.append(Seen(c, n, request))
+                if drop(c, n):
+                    return
+                if n == 0 and c < first_together:
+                    together.wait(10)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(_ANSWER)}\r\n\r\n".encode()
+                    + _ANSWER
+                )
+
+    def accept() -> None:
+        for c in itertools.count():
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                return
+            conn.settimeout(5)
+            thread = threading.Thread(target=serve, args=(conn, c), daemon=True)
+            threads.append(thread)
+            thread.start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", seen
+    finally:
+        stop.set()
+        acceptor.join(5)
+        server.close()
+        for thread in threads:
+            thread.join(5)
+
+
 def _json(url: str) -> JsonGateway:
     creds = {"base_url": url, "merchant_id": "m", "api_secret": "a", "webhook_secret": "w"}
     return JsonGateway(Credentials(creds), ClientOptions(read_timeout_s=5))
@@ -122,8 +212,56 @@ async def test_a_connection_dropped_after_the_request_is_ambiguous() -> None:
                 await gateway.deposit(payment())
         finally:
             await gateway.aclose()
-    assert received, "the request reached the server"
+    # Sent once: a new connection that fails is the caller's to retry (or not).
+    assert len(received) == 1, "the request reached the server once"
     assert caught.value.reason == AmbiguousReason.CONNECTION_LOST
+
+
+async def test_a_write_on_a_kept_alive_connection_the_server_closed_is_sent_again() -> None:
+    # The second request reuses the first one's connection, which the server closes unanswered.
+    with _keepalive_server(lambda c, n: (c, n) == (0, 1)) as (url, seen):
+        gateway = _json(url)
+        try:
+            first = await gateway.deposit(payment())
+            second = await gateway.deposit(payment())
+        finally:
+            await gateway.aclose()
+    assert (first, second) == (Succeeded("pay_1"), Succeeded("pay_1"))
+    assert [(s.connection, s.number) for s in seen] == [(0, 0), (0, 1), (1, 0)]
+    dropped, again = seen[1], seen[2]
+    # The same request, under the same key: the provider answers it with what it did.
+    assert dropped.idempotency_key is not None
+    assert again.idempotency_key == dropped.idempotency_key != seen[0].idempotency_key
+    assert again.body == dropped.body
+
+
+async def test_resends_stop_after_a_few_stale_connections() -> None:
+    connections = _MAX_RESENDS + 2
+    # Every connection's first request is answered (all at once: the client then holds
+    # `connections` idle ones); every request on a reused one is dropped.
+    with _keepalive_server(lambda c, n: n > 0, first_together=connections) as (url, seen):
+        gateway = _json(url)
+        try:
+            opened = await asyncio.gather(*(gateway.deposit(payment()) for _ in range(connections)))
+            with pytest.raises(Ambiguous) as caught:
+                await gateway.deposit(payment())
+        finally:
+            await gateway.aclose()
+    assert opened == [Succeeded("pay_1")] * connections
+    assert caught.value.reason == AmbiguousReason.CONNECTION_LOST
+    last = [s for s in seen if s.number > 0]
+    assert len(last) == 1 + _MAX_RESENDS, "sent, then resent _MAX_RESENDS times"
+    assert len({s.connection for s in last}) == len(last), "each time on another connection"
+    assert len({s.idempotency_key for s in last}) == 1
+
+
+async def test_a_request_without_an_idempotency_key_is_not_sent_again() -> None:
+    with _keepalive_server(lambda c, n: (c, n) == (0, 1)) as (url, seen):
+        async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+            assert (await client.post(f"{url}/v1/notes", content=b"a")).status_code == 200
+            with pytest.raises(httpx.TransportError):
+                await client.post(f"{url}/v1/notes", content=b"b")
+    assert [(s.connection, s.number) for s in seen] == [(0, 0), (0, 1)]
 
 
 async def test_a_redirect_is_not_followed() -> None:
@@ -143,3 +281,24 @@ async def test_a_redirect_is_not_followed() -> None:
             finally:
                 await gateway.aclose()
     assert followed == []
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_every_adapters_write_is_sent_again_on_a_fresh_connection(provider: str) -> None:
+    """Each adapter's provider writes carry their key as HTTP `Idempotency-Key` (SOAP's
+    is in its envelope too), so the transport may resend them. The server here answers
+    every adapter in JSON: what they make of that does not matter, only what was sent."""
+    with _keepalive_server(lambda c, n: (c, n) == (0, 1)) as (url, seen):
+        gateway = make_case(provider, url).gateway(read_timeout_s=5.0)
+        try:
+            for _ in range(2):
+                with contextlib.suppress(Ambiguous, NotExecuted):
+                    await gateway.deposit(payment())
+        finally:
+            await gateway.aclose()
+    assert [(s.connection, s.number) for s in seen] == [(0, 0), (0, 1), (1, 0)]
+    key = seen[1].idempotency_key
+    assert key is not None
+    assert re.fullmatch(rb"ps-[0-9a-f-]{36}-1", key), key
+    assert seen[2].idempotency_key == key
+    assert seen[2].body == seen[1].body

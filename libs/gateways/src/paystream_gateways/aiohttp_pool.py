@@ -11,13 +11,27 @@ httpx exception it would have raised, so `transport.classify_transport_error` (c
 failures: not executed; anything later: ambiguous) keeps its meaning.
 
 No redirects are followed and bodies are handed over undecoded (httpx decodes them), as
-with httpcore. aiohttp never resends a POST by itself (it retries a request on a reused
-connection the server dropped only for idempotent methods, i.e. our status lookups), so a
-write is sent once per attempt and any retry stays the caller's, with the same key.
+with httpcore.
+
+Kept-alive connections: a server closes one it has kept idle for its own timeout (5 s for
+uvicorn and Apache), and a request written on it just then meets the close and gets no
+answer. Such a failure says nothing about the provider's health, yet retried by the caller
+it counted as one on the circuit breaker: after a quiet spell, a burst of concurrent calls
+on stale connections opened the breaker, the callers' own retries were refused, and the
+payments went to `unknown` for the reconciler (seen in the e2e tests). So:
+
+- idle connections are dropped after `_KEEPALIVE_S`, shorter than those servers' timeout;
+- a request that got no answer byte on a *reused* connection is resent at once on another
+  connection, at most `_MAX_RESENDS` times, if it is replayable: an idempotent method
+  (aiohttp resends those itself) or a request carrying an `Idempotency-Key` header, which
+  every provider write of ours has (Go's net/http applies the same rule). The provider
+  answers a resend with what it did under that key, as it does the caller's own retries.
+  A failure on a new connection, a timeout, or anything after the answer began is raised.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -27,10 +41,49 @@ import aiohttp
 import httpcore
 import httpx
 
-# httpx's default pool: 100 connections, idle ones kept 5 s.
+log = logging.getLogger(__name__)
+
+# httpx's default pool size; idle connections are kept less long than servers commonly keep
+# them (5 s), so that the server never closes one just as we reuse it (see the docstring).
 _MAX_CONNECTIONS = 100
-_KEEPALIVE_S = 5.0
+_KEEPALIVE_S = 2.0
 _CHUNK = 64 * 1024
+# Resends of a replayable request whose reused connection turned out closed: a few stale
+# idle connections may be taken one after another; a server that closes every reused
+# connection gets the failure after these.
+_MAX_RESENDS = 3
+_IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# What a request that got no answer on a connection that was open raises: the server closed
+# it (before any status line), or writing the request failed. Timeouts are not among them.
+_UNANSWERED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def _replayable(request: httpcore.Request) -> bool:
+    return request.method in _IDEMPOTENT_METHODS or any(
+        name.lower() == b"idempotency-key" for name, _ in request.headers
+    )
+
+
+class _Reuse:
+    """Per request (aiohttp's `trace_request_ctx`): whether its connection was a kept-alive
+    one taken from the pool."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _on_reuse(_session: Any, context: Any, _params: Any) -> None:
+    reuse = context.trace_request_ctx
+    if isinstance(reuse, _Reuse):
+        reuse.reused = True
+
+
+def _reuse_tracing() -> aiohttp.TraceConfig:
+    config = aiohttp.TraceConfig()
+    config.on_connection_reuseconn.append(_on_reuse)
+    return config
 
 
 @contextmanager
@@ -93,6 +146,7 @@ class _AiohttpPool:
                 auto_decompress=False,  # httpx decodes Content-Encoding itself
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the cookies
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                trace_configs=[_reuse_tracing()],
             )
         return self._session
 
@@ -110,15 +164,39 @@ class _AiohttpPool:
         ]
         stream: Any = request.stream
         body = b"".join([chunk async for chunk in stream])
-        with _as_httpcore_errors():
-            response = await self._session_now().request(
-                request.method.decode("ascii"),
-                url,
-                data=body or None,
-                headers=headers,
-                allow_redirects=False,
-                timeout=timeout,
-            )
+        method = request.method.decode("ascii")
+        resends = 0
+        while True:
+            reuse = _Reuse()
+            with _as_httpcore_errors():
+                try:
+                    response = await self._session_now().request(
+                        method,
+                        url,
+                        data=body or None,
+                        headers=headers,
+                        allow_redirects=False,
+                        timeout=timeout,
+                        trace_request_ctx=reuse,
+                    )
+                except _UNANSWERED as exc:
+                    if (
+                        not reuse.reused
+                        or isinstance(exc, TimeoutError)
+                        or resends >= _MAX_RESENDS
+                        or not _replayable(request)
+                    ):
+                        raise
+                    resends += 1
+                    log.info(
+                        "%s %s: the kept-alive connection was closed (%s); sent again on"
+                        " another connection",
+                        method,
+                        request.url.target.decode("ascii", "replace").partition("?")[0],
+                        type(exc).__name__,
+                    )
+                    continue
+            break
         return httpcore.Response(
             status=response.status,
             headers=[

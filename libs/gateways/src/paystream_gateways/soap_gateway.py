@@ -4,7 +4,8 @@ Wire contract (what the sandbox emulates):
 
 - One endpoint; `SOAPAction: "urn:soapbank:payments:v1#<Operation>"`, operations
   `Deposit`, `Withdraw`, `GetPaymentStatus`. Merchant id and idempotency key travel in the
-  SOAP header (`sb:Auth`); the raw body is signed in the HTTP header
+  SOAP header (`sb:Auth`; we also send the key as HTTP `Idempotency-Key`, which marks the
+  request replayable for our transport); the raw body is signed in the HTTP header
   `X-SoapBank-Signature: t=<unix>,v1=<hex HMAC-SHA256(api_secret, "<t>.<body>")>`
   (an HMAC over the exact bytes is far simpler to get right than XML-DSig).
 - Answers: `<sb:<Op>Response><sb:Payment>` with TransactionId, Reference, Operation,
@@ -217,16 +218,16 @@ class SoapGateway:
         body = envelope(auth, op)
         if self._endpoint_url is None:
             self._endpoint_url = httpx.URL(self._endpoint)
-        req = self._client.build_request(
-            "POST",
-            self._endpoint_url,
-            content=body,
-            headers={
-                "Content-Type": "text/xml; charset=utf-8",
-                "SOAPAction": f'"{SB_NS}#{operation}"',
-                SIGNATURE_HEADER: signing.sign(self._api_secret, body),
-            },
-        )
+        headers = {
+            "Content-Type": "text/xml; charset=utf-8",
+            "SOAPAction": f'"{SB_NS}#{operation}"',
+            SIGNATURE_HEADER: signing.sign(self._api_secret, body),
+        }
+        if idempotency_key:
+            # The provider reads the key in the envelope; the header tells our transport the
+            # request is replayable (aiohttp_pool: resent when a kept-alive connection closed).
+            headers["Idempotency-Key"] = idempotency_key
+        req = self._client.build_request("POST", self._endpoint_url, content=body, headers=headers)
         response, raw = await send(self._client, PROVIDER, req, self._options.max_response_bytes)
         status = response.status_code
         try:
