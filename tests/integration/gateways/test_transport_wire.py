@@ -56,34 +56,61 @@ def _read_request(conn: socket.socket) -> bytes:
 
 
 @contextmanager
+def _listening(
+    on_connection: Callable[[socket.socket, int], None], *, concurrent: bool
+) -> Iterator[str]:
+    """Accepts connections until the block ends; `on_connection(conn, index)` serves each,
+    in the accepting thread (one at a time) or, `concurrent`, in a thread of its own."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def accept() -> None:
+        for index in itertools.count():
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                return
+            if not concurrent:
+                on_connection(conn, index)
+                continue
+            conn.settimeout(5)
+            thread = threading.Thread(target=on_connection, args=(conn, index), daemon=True)
+            threads.append(thread)
+            thread.start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        acceptor.join(5)
+        server.close()
+        for thread in threads:
+            thread.join(5)
+
+
+@contextmanager
 def _raw_server(
     answer: Callable[[socket.socket, bytes], None],
 ) -> Iterator[tuple[str, list[bytes]]]:
     """A one-connection-at-a-time HTTP server: `answer` writes whatever bytes it likes."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
     received: list[bytes] = []
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                request = _read_request(conn)
-                received.append(request)
-                answer(conn, request)
+    def serve(conn: socket.socket, _: int) -> None:
+        with conn:
+            request = _read_request(conn)
+            received.append(request)
+            answer(conn, request)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}", received
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
+    with _listening(serve, concurrent=False) as url:
+        yield url, received
 
 
 @dataclass(frozen=True)
@@ -117,12 +144,8 @@ def _keepalive_server(
     closed unanswered, as a server does when its idle timeout ends just as the request
     arrives. The first requests of the first `first_together` connections are answered
     only once all of them arrived (so that the client holds that many connections)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
     seen: list[Seen] = []
-    stop = threading.Event()
     together = threading.Barrier(first_together)
-    threads: list[threading.Thread] = []
 
     def serve(conn: socket.socket, c: int) -> None:
         with conn:
@@ -141,31 +164,8 @@ def _keepalive_server(
                     + _ANSWER
                 )
 
-    def accept() -> None:
-        for c in itertools.count():
-            while not stop.is_set():
-                try:
-                    conn, _ = server.accept()
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                return
-            conn.settimeout(5)
-            thread = threading.Thread(target=serve, args=(conn, c), daemon=True)
-            threads.append(thread)
-            thread.start()
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}", seen
-    finally:
-        stop.set()
-        acceptor.join(5)
-        server.close()
-        for thread in threads:
-            thread.join(5)
+    with _listening(serve, concurrent=True) as url:
+        yield url, seen
 
 
 def _json(url: str) -> JsonGateway:
