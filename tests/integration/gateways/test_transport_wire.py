@@ -58,11 +58,13 @@ def _read_request(conn: socket.socket) -> bytes:
 @contextmanager
 def _listening(
     on_connection: Callable[[socket.socket, int], None], *, concurrent: bool
-) -> Iterator[str]:
-    """Accepts connections until the block ends; `on_connection(conn, index)` serves each,
-    in the accepting thread (one at a time) or, `concurrent`, in a thread of its own."""
+) -> Iterator[tuple[str, Callable[[], None]]]:
+    """Accepts connections until the block ends, or until the `refuse` it yields with its
+    URL is called (new connections are then refused); `on_connection(conn, index)` serves
+    each, in the accepting thread (one at a time) or, `concurrent`, in a thread of its own."""
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.2)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
     stop = threading.Event()
     threads: list[threading.Thread] = []
 
@@ -74,6 +76,8 @@ def _listening(
                     break
                 except TimeoutError:
                     continue
+                except OSError:  # refused: the socket is closed
+                    return
             else:
                 return
             if not concurrent:
@@ -84,10 +88,16 @@ def _listening(
             threads.append(thread)
             thread.start()
 
+    def refuse() -> None:
+        # Shut down first: a bare close waits for the accepting thread's accept() to return,
+        # and a connection that arrives meanwhile is taken in and then reset.
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+
     acceptor = threading.Thread(target=accept, daemon=True)
     acceptor.start()
     try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+        yield url, refuse
     finally:
         stop.set()
         acceptor.join(5)
@@ -109,7 +119,7 @@ def _raw_server(
             received.append(request)
             answer(conn, request)
 
-    with _listening(serve, concurrent=False) as url:
+    with _listening(serve, concurrent=False) as (url, _):
         yield url, received
 
 
@@ -137,14 +147,16 @@ _ANSWER = json.dumps(_PAYMENT).encode()
 
 @contextmanager
 def _keepalive_server(
-    drop: Callable[[int, int], bool], *, first_together: int = 1
+    drop: Callable[[int, int], bool], *, first_together: int = 1, refuse_after_drop: bool = False
 ) -> Iterator[tuple[str, list[Seen]]]:
     """An HTTP/1.1 server that keeps its connections open, one thread each. Request `n` on
     connection `c` is answered (200, a payment) unless `drop(c, n)`: then the connection is
     closed unanswered, as a server does when its idle timeout ends just as the request
     arrives. The first requests of the first `first_together` connections are answered
-    only once all of them arrived (so that the client holds that many connections)."""
+    only once all of them arrived (so that the client holds that many connections).
+    `refuse_after_drop`: once a request is dropped, new connections are refused."""
     seen: list[Seen] = []
+    refusing: list[Callable[[], None]] = []  # the listener's `refuse`, once it listens
     together = threading.Barrier(first_together)
 
     def serve(conn: socket.socket, c: int) -> None:
@@ -155,6 +167,8 @@ def _keepalive_server(
                     return
                 seen.append(Seen(c, n, request))
                 if drop(c, n):
+                    if refuse_after_drop:
+                        refusing[0]()
                     return
                 if n == 0 and c < first_together:
                     together.wait(10)
@@ -164,7 +178,8 @@ def _keepalive_server(
                     + _ANSWER
                 )
 
-    with _listening(serve, concurrent=True) as url:
+    with _listening(serve, concurrent=True) as (url, refuse):
+        refusing.append(refuse)
         yield url, seen
 
 
@@ -233,6 +248,20 @@ async def test_a_write_on_a_kept_alive_connection_the_server_closed_is_sent_agai
     assert dropped.idempotency_key is not None
     assert again.idempotency_key == dropped.idempotency_key != seen[0].idempotency_key
     assert again.body == dropped.body
+
+
+async def test_a_resend_that_cannot_connect_leaves_the_first_send_ambiguous() -> None:
+    # The dropped request may have run: a resend refused at connect proves nothing of it.
+    with _keepalive_server(lambda c, n: (c, n) == (0, 1), refuse_after_drop=True) as (url, seen):
+        gateway = _json(url)
+        try:
+            assert await gateway.deposit(payment()) == Succeeded("pay_1")
+            with pytest.raises(Ambiguous) as caught:
+                await gateway.deposit(payment())
+        finally:
+            await gateway.aclose()
+    assert caught.value.reason == AmbiguousReason.CONNECTION_LOST
+    assert [(s.connection, s.number) for s in seen] == [(0, 0), (0, 1)]
 
 
 async def test_resends_stop_after_a_few_stale_connections() -> None:

@@ -26,7 +26,8 @@ payments went to `unknown` for the reconciler (seen in the e2e tests). So:
   (aiohttp resends those itself) or a request carrying an `Idempotency-Key` header, which
   every provider write of ours has (Go's net/http applies the same rule). The provider
   answers a resend with what it did under that key, as it does the caller's own retries.
-  A failure on a new connection, a timeout, or anything after the answer began is raised.
+  A failure on a new connection, a timeout, or anything after the answer began is raised;
+  so is the first send's failure when a resend cannot connect (the first may have run).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ _IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", 
 # What a request that got no answer on a connection that was open raises: the server closed
 # it (before any status line), or writing the request failed. Timeouts are not among them.
 _UNANSWERED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+# Failing to connect (or to get a connection from the pool in time): nothing was sent.
+_NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 def _replayable(request: httpcore.Request) -> bool:
@@ -166,6 +169,7 @@ class _AiohttpPool:
         body = b"".join([chunk async for chunk in stream])
         method = request.method.decode("ascii")
         resends = 0
+        unanswered: Exception | None = None  # the first send's failure, once resent
         while True:
             reuse = _Reuse()
             with _as_httpcore_errors():
@@ -179,14 +183,21 @@ class _AiohttpPool:
                         timeout=timeout,
                         trace_request_ctx=reuse,
                     )
-                except _UNANSWERED as exc:
+                except Exception as exc:
+                    if unanswered is not None and isinstance(exc, _NOT_CONNECTED):
+                        # A resend that never connected proves nothing about the first
+                        # send, which may have reached the provider: its failure (may have
+                        # executed) stands, not this one (not executed).
+                        raise unanswered from exc
                     if (
-                        not reuse.reused
+                        not isinstance(exc, _UNANSWERED)
+                        or not reuse.reused
                         or isinstance(exc, TimeoutError)
                         or resends >= _MAX_RESENDS
                         or not _replayable(request)
                     ):
                         raise
+                    unanswered = unanswered or exc
                     resends += 1
                     log.info(
                         "%s %s: the kept-alive connection was closed (%s); sent again on"
