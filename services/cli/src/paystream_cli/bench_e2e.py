@@ -420,7 +420,7 @@ class OutcomeReader:
         self._ready = threading.Event()
         self._stop = threading.Event()
         # While set, the reader fetches nothing: the idle measurement is of the stack alone,
-        # not of a 5 ms fetch loop that makes the broker spin.
+        # not of the reader's fetch loop (a fetch every 25 ms keeps the broker busy).
         self.paused = threading.Event()
         self._resumed = threading.Event()  # the consumer is fetching (not paused)
         self._failure: BaseException | None = None
