@@ -3,6 +3,7 @@ an unreadable answer is ambiguous, never a success or a safe fallback."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,14 +52,17 @@ def listener() -> Iterator[socket.socket]:
     sock.close()
 
 
-def _soap(url: str, **options: int) -> SoapGateway:
+def _soap(url: str) -> SoapGateway:
     creds = {"endpoint_url": url, "merchant_id": "m", "api_secret": "a", "webhook_secret": "w"}
-    return SoapGateway(Credentials(creds), ClientOptions(**options))
+    return SoapGateway(Credentials(creds), ClientOptions())
 
 
-def _json(url: str, **options: int) -> JsonGateway:
+def _json(url: str, max_response_bytes: int | None = None) -> JsonGateway:
     creds = {"base_url": url, "merchant_id": "m", "api_secret": "a", "webhook_secret": "w"}
-    return JsonGateway(Credentials(creds), ClientOptions(**options))
+    options = ClientOptions()
+    if max_response_bytes is not None:
+        options = dataclasses.replace(options, max_response_bytes=max_response_bytes)
+    return JsonGateway(Credentials(creds), options)
 
 
 async def test_soap_answer_with_entity_bomb_is_ambiguous(listener: socket.socket) -> None:

@@ -183,9 +183,10 @@ def _keepalive_server(
         yield url, seen
 
 
-def _json(url: str) -> JsonGateway:
+def _json(url: str, resent: list[str] | None = None) -> JsonGateway:
     creds = {"base_url": url, "merchant_id": "m", "api_secret": "a", "webhook_secret": "w"}
-    return JsonGateway(Credentials(creds), ClientOptions(read_timeout_s=5))
+    report = resent.append if resent is not None else None
+    return JsonGateway(Credentials(creds), ClientOptions(read_timeout_s=5, on_resend=report))
 
 
 async def test_a_chunked_gzipped_answer_is_read() -> None:
@@ -234,14 +235,16 @@ async def test_a_connection_dropped_after_the_request_is_ambiguous() -> None:
 
 async def test_a_write_on_a_kept_alive_connection_the_server_closed_is_sent_again() -> None:
     # The second request reuses the first one's connection, which the server closes unanswered.
+    resent: list[str] = []
     with _keepalive_server(lambda c, n: (c, n) == (0, 1)) as (url, seen):
-        gateway = _json(url)
+        gateway = _json(url, resent)
         try:
             first = await gateway.deposit(payment())
             second = await gateway.deposit(payment())
         finally:
             await gateway.aclose()
     assert (first, second) == (Succeeded("pay_1"), Succeeded("pay_1"))
+    assert resent == ["json"], "the resend is reported, with the provider's name"
     assert [(s.connection, s.number) for s in seen] == [(0, 0), (0, 1), (1, 0)]
     dropped, again = seen[1], seen[2]
     # The same request, under the same key: the provider answers it with what it did.
@@ -252,8 +255,9 @@ async def test_a_write_on_a_kept_alive_connection_the_server_closed_is_sent_agai
 
 async def test_a_resend_that_cannot_connect_leaves_the_first_send_ambiguous() -> None:
     # The dropped request may have run: a resend refused at connect proves nothing of it.
+    resent: list[str] = []
     with _keepalive_server(lambda c, n: (c, n) == (0, 1), refuse_after_drop=True) as (url, seen):
-        gateway = _json(url)
+        gateway = _json(url, resent)
         try:
             assert await gateway.deposit(payment()) == Succeeded("pay_1")
             with pytest.raises(Ambiguous) as caught:
@@ -262,14 +266,16 @@ async def test_a_resend_that_cannot_connect_leaves_the_first_send_ambiguous() ->
             await gateway.aclose()
     assert caught.value.reason == AmbiguousReason.CONNECTION_LOST
     assert [(s.connection, s.number) for s in seen] == [(0, 0), (0, 1)]
+    assert resent == ["json"], "the resend was tried"
 
 
 async def test_resends_stop_after_a_few_stale_connections() -> None:
     connections = _MAX_RESENDS + 2
     # Every connection's first request is answered (all at once: the client then holds
     # `connections` idle ones); every request on a reused one is dropped.
+    resent: list[str] = []
     with _keepalive_server(lambda c, n: n > 0, first_together=connections) as (url, seen):
-        gateway = _json(url)
+        gateway = _json(url, resent)
         try:
             opened = await asyncio.gather(*(gateway.deposit(payment()) for _ in range(connections)))
             with pytest.raises(Ambiguous) as caught:
@@ -282,15 +288,19 @@ async def test_resends_stop_after_a_few_stale_connections() -> None:
     assert len(last) == 1 + _MAX_RESENDS, "sent, then resent _MAX_RESENDS times"
     assert len({s.connection for s in last}) == len(last), "each time on another connection"
     assert len({s.idempotency_key for s in last}) == 1
+    assert resent == ["json"] * _MAX_RESENDS
 
 
 async def test_a_request_without_an_idempotency_key_is_not_sent_again() -> None:
+    resends: list[None] = []
+    transport = AiohttpTransport(on_resend=lambda: resends.append(None))
     with _keepalive_server(lambda c, n: (c, n) == (0, 1)) as (url, seen):
-        async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        async with httpx.AsyncClient(transport=transport) as client:
             assert (await client.post(f"{url}/v1/notes", content=b"a")).status_code == 200
             with pytest.raises(httpx.TransportError):
                 await client.post(f"{url}/v1/notes", content=b"b")
     assert [(s.connection, s.number) for s in seen] == [(0, 0), (0, 1)]
+    assert resends == []
 
 
 async def test_a_redirect_is_not_followed() -> None:
@@ -317,8 +327,9 @@ async def test_every_adapters_write_is_sent_again_on_a_fresh_connection(provider
     """Each adapter's provider writes carry their key as HTTP `Idempotency-Key` (SOAP's
     is in its envelope too), so the transport may resend them. The server here answers
     every adapter in JSON: what they make of that does not matter, only what was sent."""
+    resent: list[str] = []
     with _keepalive_server(lambda c, n: (c, n) == (0, 1)) as (url, seen):
-        gateway = make_case(provider, url).gateway(read_timeout_s=5.0)
+        gateway = make_case(provider, url).gateway(read_timeout_s=5.0, on_resend=resent.append)
         try:
             for _ in range(2):
                 with contextlib.suppress(Ambiguous, NotExecuted):
@@ -331,3 +342,4 @@ async def test_every_adapters_write_is_sent_again_on_a_fresh_connection(provider
     assert re.fullmatch(rb"ps-[0-9a-f-]{36}-1", key), key
     assert seen[2].idempotency_key == key
     assert seen[2].body == seen[1].body
+    assert resent == [provider]

@@ -28,13 +28,14 @@ payments went to `unknown` for the reconciler (seen in the e2e tests). So:
   answers a resend with what it did under that key, as it does the caller's own retries.
   A failure on a new connection, a timeout, or anything after the answer began is raised;
   so is the first send's failure when a resend cannot connect (the first may have run).
+  Each resend is logged (INFO) and reported to the transport's `on_resend` (a metric).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -135,8 +136,9 @@ class _AiohttpPool:
     """What `httpx.AsyncHTTPTransport` calls its `_pool`: one aiohttp session, made on
     first use so that it belongs to the running event loop."""
 
-    def __init__(self, verify: ssl.SSLContext | bool) -> None:
+    def __init__(self, verify: ssl.SSLContext | bool, on_resend: Callable[[], None] | None) -> None:
         self._ssl: ssl.SSLContext | bool = verify
+        self._on_resend = on_resend
         self._session: aiohttp.ClientSession | None = None
 
     def _session_now(self) -> aiohttp.ClientSession:
@@ -206,6 +208,8 @@ class _AiohttpPool:
                         request.url.target.decode("ascii", "replace").partition("?")[0],
                         type(exc).__name__,
                     )
+                    if self._on_resend is not None:
+                        self._on_resend()
                     continue
             break
         return httpcore.Response(
@@ -255,7 +259,12 @@ def skip_cookieless_responses(client: httpx.AsyncClient) -> httpx.AsyncClient:
 class AiohttpTransport(httpx.AsyncHTTPTransport):
     """An httpx transport whose connections are aiohttp's (see the module's docstring)."""
 
-    def __init__(self, verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(
+        self,
+        verify: ssl.SSLContext | bool = True,
+        *,
+        on_resend: Callable[[], None] | None = None,
+    ) -> None:
         # Not super().__init__(): it would build an httpcore pool and an SSL context that
         # are never used. The parent's methods only use `_pool`.
-        self._pool = _AiohttpPool(verify)  # type: ignore[assignment]
+        self._pool = _AiohttpPool(verify, on_resend)  # type: ignore[assignment]

@@ -101,7 +101,7 @@ def payment_outcome(payment: Mapping[str, Any]) -> Outcome:
 
 class JsonGateway:
     def __init__(self, credentials: Credentials, options: ClientOptions) -> None:
-        self._client = new_client(options, credentials["base_url"])
+        self._client = new_client(options, PROVIDER, credentials["base_url"])
         self._merchant = credentials["merchant_id"]
         self._api_secret = credentials["api_secret"]
         # The previous secret still verifies while the provider switches to the new one.

@@ -8,7 +8,7 @@ A call either returns an `Outcome` (the provider answered and we know what it di
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -153,6 +153,10 @@ class ClientOptions:
     read_timeout_s: float = 15.0
     callback_tolerance_s: int = 300
     max_response_bytes: int = 1_000_000
+    # Called with the provider's name each time a request is sent again on another
+    # connection because the kept-alive one it was written on had been closed
+    # (`aiohttp_pool`): a metric, so operators see that churn.
+    on_resend: Callable[[str], None] | None = None
 
 
 class Gateway(Protocol):

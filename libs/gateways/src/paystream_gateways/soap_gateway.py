@@ -140,7 +140,7 @@ def _body_child(root: Element) -> Element:
 class SoapGateway:
     def __init__(self, credentials: Credentials, options: ClientOptions) -> None:
         self._endpoint = credentials["endpoint_url"]
-        self._client = new_client(options)  # the endpoint is a full URL, not a base
+        self._client = new_client(options, PROVIDER)  # the endpoint is a full URL, not a base
         self._endpoint_url: httpx.URL | None = None  # parsed once (httpx would per request)
         self._merchant = credentials["merchant_id"]
         self._api_secret = credentials["api_secret"]

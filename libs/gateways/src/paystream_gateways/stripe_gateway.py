@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,7 +59,7 @@ from paystream_gateways.specs import (
     ProviderSpec,
     webhook_secrets,
 )
-from paystream_gateways.transport import classify_transport_error, timeouts
+from paystream_gateways.transport import classify_transport_error, resend_hook, timeouts
 
 PROVIDER = "stripe"
 DEFAULT_API_BASE = "https://api.stripe.com"
@@ -204,17 +204,17 @@ class _HTTPXOverAiohttp(stripe.HTTPXClient):
     tracing of httpx calls are unchanged. It verifies TLS with the SDK's CA bundle, as its
     own client does."""
 
-    def __init__(self, timeout: httpx.Timeout) -> None:
+    def __init__(self, timeout: httpx.Timeout, on_resend: Callable[[], None] | None) -> None:
         super().__init__(timeout=timeout)
         verify = ssl.create_default_context(cafile=stripe.ca_bundle_path)
         self._client_async = skip_cookieless_responses(
-            httpx.AsyncClient(transport=AiohttpTransport(verify))
+            httpx.AsyncClient(transport=AiohttpTransport(verify, on_resend=on_resend))
         )
 
 
 class StripeGateway:
     def __init__(self, credentials: Credentials, options: ClientOptions) -> None:
-        self._http = _HTTPXOverAiohttp(timeouts(options))
+        self._http = _HTTPXOverAiohttp(timeouts(options), resend_hook(options, PROVIDER))
         self._client = stripe.StripeClient(
             credentials["api_key"],
             base_addresses={"api": credentials.get("api_base") or DEFAULT_API_BASE},

@@ -3,6 +3,8 @@ classification of transport failures into NotExecuted / Ambiguous."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from paystream_gateways.aiohttp_pool import AiohttpTransport, skip_cookieless_responses
@@ -29,7 +31,16 @@ def timeouts(options: ClientOptions) -> httpx.Timeout:
     return httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s)
 
 
-def new_client(options: ClientOptions, base_url: str = "") -> httpx.AsyncClient:
+def resend_hook(options: ClientOptions, provider: str) -> Callable[[], None] | None:
+    """What the transport calls on each resend (`aiohttp_pool`): `options.on_resend` with
+    the provider's name."""
+    report = options.on_resend
+    if report is None:
+        return None
+    return lambda: report(provider)
+
+
+def new_client(options: ClientOptions, provider: str, base_url: str = "") -> httpx.AsyncClient:
     # No redirects: a payment API that redirects a POST is misconfigured, and following it
     # could send the request (and its signature) somewhere else. A 3xx is classified as
     # not executed by the adapters: the endpoint that would process it never ran.
@@ -37,7 +48,7 @@ def new_client(options: ClientOptions, base_url: str = "") -> httpx.AsyncClient:
         base_url=base_url,
         timeout=timeouts(options),
         follow_redirects=False,
-        transport=AiohttpTransport(),
+        transport=AiohttpTransport(on_resend=resend_hook(options, provider)),
     )
     return skip_cookieless_responses(client)
 

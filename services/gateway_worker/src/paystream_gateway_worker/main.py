@@ -50,10 +50,7 @@ def build_deps_factory(
             gateways=GatewayManager(
                 CachedConnectionSource(DbConnectionSource(sessionmaker(engine)), config),
                 ring,
-                options=ClientOptions(
-                    connect_timeout_s=settings.gateway_connect_timeout_s,
-                    read_timeout_s=settings.gateway_read_timeout_s,
-                ),
+                options=client_options(settings, metrics),
             ),
             keyring=ring,
             dead_letters=KafkaDeadLetters(
@@ -65,6 +62,15 @@ def build_deps_factory(
         )
 
     return build
+
+
+def client_options(settings: GatewayWorkerSettings, metrics: WorkerMetrics) -> ClientOptions:
+    """How the worker's provider clients connect, and where their resends are counted."""
+    return ClientOptions(
+        connect_timeout_s=settings.gateway_connect_timeout_s,
+        read_timeout_s=settings.gateway_read_timeout_s,
+        on_resend=metrics.resent,
+    )
 
 
 async def shared_breakers(

@@ -44,6 +44,13 @@ class WorkerMetrics:
             ["gateway", "result"],
             registry=self.registry,
         )
+        self.resends = Counter(
+            "paystream_worker_gateway_resends_total",
+            "Provider requests sent again at once on another connection: the kept-alive"
+            " connection they were written on had been closed (only replayable requests)",
+            ["provider"],
+            registry=self.registry,
+        )
         self.call_seconds = Histogram(
             "paystream_worker_gateway_call_seconds",
             "Gateway call latency (with retries)",
@@ -127,6 +134,9 @@ class WorkerMetrics:
             return -1.0 if since is None else since
 
         self.health_view_record_age.set_function(age)
+
+    def resent(self, provider: str) -> None:
+        self.resends.labels(provider).inc()
 
     def probe(self, gateway: str, result: str) -> None:
         self.breaker_probes.labels(gateway, result).inc()
