@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from paystream_config import DatabaseSettings, load
+from paystream_gateways import ClientOptions
 from paystream_gateways.manager import CachedConnectionSource, DbConnectionSource, GatewayManager
 from paystream_keyring import KeyRing, KeyRingSettings
 from paystream_messaging import topics
@@ -18,6 +19,7 @@ from paystream_messaging.kafka_config import producer_config
 from paystream_messaging.schemas import SchemaRegistry
 from paystream_provider_reports.app import create_app
 from paystream_provider_reports.deps import CallbackDeps
+from paystream_provider_reports.metrics import CallbackMetrics
 from paystream_provider_reports.reconciler import AuditExporter, BacklogExporter, Reconciler
 from paystream_provider_reports.settings import CallbackWorkerSettings, ReconcilerSettings
 from paystream_storage.audit import PgAuditCounts
@@ -46,13 +48,20 @@ def build_deps(db: DatabaseSettings, ring: KeyRing, dead_letters: DeadLetters) -
     registry = SchemaRegistry()
     config = ConfigCache()
     source = CachedConnectionSource(DbConnectionSource(sessionmaker(engine)), config)
+    metrics = CallbackMetrics()
     return CallbackDeps(
         store=PgPaymentStore(HotPool(db), registry, config),
         registry=registry,
-        gateways=GatewayManager(source, ring),
+        gateways=GatewayManager(source, ring, options=client_options(metrics)),
         connections=source,
         dead_letters=dead_letters,
+        metrics=metrics,
     )
+
+
+def client_options(metrics: CallbackMetrics) -> ClientOptions:
+    """The provider clients of status lookups: default timeouts, resends counted."""
+    return ClientOptions(on_resend=metrics.lookup_resent)
 
 
 def build_deps_factory(

@@ -56,6 +56,13 @@ class CallbackMetrics:
             ["gateway", "result"],
             registry=self.registry,
         )
+        self.lookup_resends = Counter(
+            "paystream_gateway_lookup_resends_total",
+            "Provider status lookups sent again at once on another connection: the"
+            " kept-alive connection they were written on had been closed",
+            ["provider"],
+            registry=self.registry,
+        )
         self.unresolved = Gauge(
             "paystream_reconciler_unresolved",
             "pending/unknown transactions older than the horizon (need a human)",
@@ -111,6 +118,9 @@ class CallbackMetrics:
             "How long the last money audit took",
             registry=self.registry,
         )
+
+    def lookup_resent(self, provider: str) -> None:
+        self.lookup_resends.labels(provider).inc()
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()
