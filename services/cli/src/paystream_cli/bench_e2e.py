@@ -404,7 +404,8 @@ class OutcomeReader:
             # tansu answers a fetch only when the wait expires, so this bounds how late an
             # outcome is read. Not shorter: the reader is part of the load generator, and at
             # 5 ms its fetches cost the broker 1.2 ms of CPU per payment at 50/s (25 ms: the
-            # same p50/p99, broker 4.4 -> 3.2 ms/payment); 25 ms is the gateway worker's wait.
+            # same p50/p99, broker 4.4 -> 3.2 ms/payment). Shorter than the gateway worker's
+            # 100 ms: the reader's wait adds to every end-to-end latency it measures.
             "fetch.wait.max.ms": 25,
             "fetch.queue.backoff.ms": 0,
             "session.timeout.ms": 6000,
